@@ -1,0 +1,138 @@
+"""The course's networks. Every model takes raw NHWC pixels (0-255) and normalises inside,
+as the seed's ``Normalize`` does, so a saved or exported model takes raw pixels too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+POOLINGS = ("avg", "max", "stride")
+MODELS = ("mlp", "cnn", "vgg")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: stored in checkpoints, so export needs no config files."""
+
+    name: str  # mlp | cnn | vgg
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    hidden: tuple[int, ...] = (10,)  # mlp: hidden layer sizes
+    pooling: str = "none"  # cnn: avg | max | stride
+    channels: int = 32  # cnn: first conv's filters
+    dropout: float = 0.5  # vgg
+
+
+class Normalize(nn.Module):
+    """Raw NHWC pixels -> (x/255 - mean)/std, then flattened (MLP) or permuted to NCHW (CNNs)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], layout: str) -> None:
+        super().__init__()
+        if layout not in ("flat", "nchw"):
+            raise ValueError(f"layout must be 'flat' or 'nchw', got {layout!r}")
+        self.layout = layout
+        std_t = torch.tensor(std, dtype=torch.float32)
+        # One multiply-add per pixel: x * scale + shift == (x/255 - mean)/std.
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32) / std_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() * self.scale + self.shift
+        return x.flatten(1) if self.layout == "flat" else x.permute(0, 3, 1, 2)
+
+
+class Classifier(nn.Module):
+    """``net(normalize(pixels))``. The training loop normalises the dataset once and calls ``net``
+    directly; everything else (evaluation on raw images, export, predict) calls the whole model."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def mlp(hidden: Sequence[int], num_classes: int, in_features: int = 32 * 32 * 3) -> nn.Sequential:
+    """Lab 1: Linear+ReLU for each hidden size, then Linear to the classes (``hidden=[]``: linear model)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(pooling: str, num_classes: int, channels: int = 32) -> nn.Sequential:
+    """Lab 2: Conv(c, 5x5, s4) ReLU Conv(2c, 3x3) ReLU, pooling, Flatten, Linear. 32x32 -> 8x8 after conv 1."""
+    c1, c2 = channels, 2 * channels
+    if pooling == "avg":  # AvgPool2d(4): 8x8 -> 2x2
+        conv2, pool, features = nn.Conv2d(c1, c2, 3, stride=1, padding=1), [nn.AvgPool2d(4)], c2 * 2 * 2
+    elif pooling == "max":  # global max pool: 8x8 -> 1x1
+        conv2, pool, features = nn.Conv2d(c1, c2, 3, stride=1, padding=1), [nn.AdaptiveMaxPool2d(1)], c2
+    elif pooling == "stride":  # the second conv halves the map: 8x8 -> 4x4, no pooling layer
+        conv2, pool, features = nn.Conv2d(c1, c2, 3, stride=2, padding=1), [], c2 * 4 * 4
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return nn.Sequential(
+        nn.Conv2d(3, c1, 5, stride=4, padding=2),
+        nn.ReLU(),
+        conv2,
+        nn.ReLU(),
+        *pool,
+        nn.Flatten(),
+        nn.Linear(features, num_classes),
+    )
+
+
+def vgg(num_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    """The homework's best net ("vgg + drop & BN @ conv + drop @ fc", 0.8228 on CIFAR-10).
+
+    Unpadded 3x3 convs: 32 -> 30 -> 28 -> pool 14 -> 12 -> 10 -> pool 5 -> 3 -> 1, so 512 features.
+    The seed ended with Dropout on the logits and a Softmax; here the net returns logits (the loss
+    applies log-softmax), and dropout on logits is left out because it only adds noise to the loss.
+    """
+    p = dropout
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Dropout(p),
+        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Dropout(p), nn.BatchNorm2d(128),
+        nn.Conv2d(128, 256, 3), nn.ReLU(), nn.BatchNorm2d(256),
+        nn.Conv2d(256, 256, 3), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Dropout(p), nn.BatchNorm2d(256),
+        nn.Conv2d(256, 512, 3), nn.ReLU(), nn.BatchNorm2d(512),
+        nn.Conv2d(512, 512, 3), nn.ReLU(), nn.Dropout(p), nn.BatchNorm2d(512),
+        nn.Flatten(),
+        nn.Linear(512, 256), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(256, num_classes),
+    )  # fmt: skip
+
+
+def build_model(spec: ModelSpec) -> Classifier:
+    """Build the classifier a spec describes (fresh weights from the global torch seed)."""
+    if spec.name == "mlp":
+        return Classifier(Normalize(spec.mean, spec.std, "flat"), mlp(spec.hidden, spec.num_classes))
+    if spec.name == "cnn":
+        net = cnn(spec.pooling, spec.num_classes, spec.channels)
+        return Classifier(Normalize(spec.mean, spec.std, "nchw"), net)
+    if spec.name == "vgg":
+        return Classifier(Normalize(spec.mean, spec.std, "nchw"), vgg(spec.num_classes, spec.dropout))
+    raise ValueError(f"model must be one of {MODELS}, got {spec.name!r}")
+
+
+def notation(spec: ModelSpec) -> str:
+    """The report's network notation: ``FC(10), FC(3)``; ``Conv(32, 5×5, s4), Conv(64, 3×3), AvgPool, FC(3)``."""
+    if spec.name == "mlp":
+        return ", ".join(f"FC({n})" for n in (*spec.hidden, spec.num_classes))
+    if spec.name == "cnn":
+        c = spec.channels
+        conv2 = f"Conv({2 * c}, 3×3, s2)" if spec.pooling == "stride" else f"Conv({2 * c}, 3×3)"
+        pool = {"avg": ["AvgPool"], "max": ["MaxPool"], "stride": []}[spec.pooling]
+        return ", ".join([f"Conv({c}, 5×5, s4)", conv2, *pool, f"FC({spec.num_classes})"])
+    if spec.name == "vgg":
+        return f"VGG(64-128-256-256-512-512, BN, Dropout {spec.dropout}), FC(256), FC({spec.num_classes})"
+    raise ValueError(f"model must be one of {MODELS}, got {spec.name!r}")

@@ -1,0 +1,121 @@
+"""What a run leaves behind for a person: classification reports, a confusion matrix, learning
+curves with Lab 2's bands, Lab 1's first-layer weight images and a model summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, precision_recall_fscore_support
+from torch import nn
+
+from labsweep.atomic import atomic_path, write_text
+
+
+def target_names(class_ids: Sequence[int], class_names: Sequence[str]) -> list[str]:
+    """Report labels show the original dataset ids and names, e.g. ``33 forest``."""
+    return [f"{i} {name}" for i, name in zip(class_ids, class_names, strict=True)]
+
+
+def classification_text(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> str:
+    """sklearn's report with 4 digits, as the course prints it."""
+    return classification_report(
+        y_true, y_pred, labels=list(range(len(names))), target_names=list(names), digits=4, zero_division=0
+    )
+
+
+def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], split: str) -> dict[str, float]:
+    """``test/precision/33_forest`` etc. for every class."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(len(names))), zero_division=0
+    )
+    metrics: dict[str, float] = {}
+    for name, p, r, f in zip(names, precision, recall, f1, strict=True):
+        key = name.replace(" ", "_")
+        metrics |= {f"{split}/precision/{key}": p, f"{split}/recall/{key}": r, f"{split}/f1/{key}": f}
+    return metrics
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], title: str) -> Figure:
+    size = max(4.0, 0.6 * len(names) + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(range(len(names))), display_labels=list(names), ax=ax, colorbar=False
+    )
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=45)
+    return fig
+
+
+def learning_curves_figure(history: Sequence[dict[str, float]], best_epoch: int) -> Figure:
+    """Lab 2's plot: loss and accuracy per epoch, train with its 25-75% band over batches, test as a line."""
+    epochs = np.arange(1, len(history) + 1)
+    fig = Figure(figsize=(13, 4.5))
+    for ax, what, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy", "accuracy"), strict=True):
+        train = [h[f"train/{what}"] for h in history]
+        ax.plot(epochs, train, label="train")
+        ax.fill_between(
+            epochs, [h[f"train/{what}_q25"] for h in history], [h[f"train/{what}_q75"] for h in history], alpha=0.3
+        )
+        ax.plot(epochs, [h[f"test/{what}"] for h in history], label="test")
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"lowest test loss (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def first_layer_figure(weight: torch.Tensor, max_units: int = 64) -> Figure:
+    """Lab 1: each hidden unit's input weights as a 32x32x3 image, normalised per channel between
+    its 1st and 99th percentile (the notebook's recipe)."""
+    w = weight.detach().cpu().numpy()[:max_units].reshape(-1, 32, 32, 3)
+    cols = min(len(w), 8)
+    rows = int(np.ceil(len(w) / cols))
+    fig = Figure(figsize=(2 * cols, 2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for i, unit in enumerate(w):
+        lo = np.percentile(unit, 1, axis=(0, 1))
+        hi = np.percentile(unit, 99, axis=(0, 1))
+        axes[i].imshow(np.clip((unit - lo) / np.maximum(hi - lo, 1e-12), 0, 1))
+        axes[i].set_title(f"unit {i}", fontsize=8)
+    return fig
+
+
+def model_summary(model: nn.Module, device: torch.device | str = "cpu") -> str:
+    """Layers, output shapes and parameter counts for one raw 32x32x3 image."""
+    from torchinfo import summary  # imported here: it is only needed once per run
+
+    was_training = model.training
+    stats = summary(model, input_size=(1, 32, 32, 3), device=device, verbose=0, depth=3,
+                    col_names=("output_size", "num_params"))  # fmt: skip
+    model.train(was_training)
+    return str(stats)
+
+
+def write_reports(
+    out_dir: Path,
+    *,
+    names: Sequence[str],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """Classification report text and confusion matrix image per split; returns per-class metrics."""
+    metrics: dict[str, float] = {}
+    for split, (y_true, y_pred) in splits.items():
+        write_text(out_dir / f"classification_report_{split}.txt", classification_text(y_true, y_pred, names))
+        save_figure(confusion_figure(y_true, y_pred, names, f"{split} confusion matrix"),
+                    out_dir / f"confusion_matrix_{split}.png")  # fmt: skip
+        metrics |= per_class_metrics(y_true, y_pred, names, split)
+    return metrics

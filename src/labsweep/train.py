@@ -1,0 +1,252 @@
+"""labsweep's one training entrypoint: ``labsweep-train`` / ``python -m labsweep.train``.
+
+``main`` is the only place that reads Hydra's runtime; ``train`` is a plain function of the composed
+config that tests call directly. Everything below ``train`` takes typed values, not the config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from labsweep import config as _config  # noqa: F401  (registers the resolvers the config uses)
+from labsweep import reports
+from labsweep.atomic import write_text
+from labsweep.checkpoint import save_checkpoint
+from labsweep.datasets import DataError, ImageData, VariantRule, load_cifar10, load_cifar100, make_synthetic
+from labsweep.datasets import check_classes, resolve_classes
+from labsweep.loop import Split, evaluate, fit
+from labsweep.models import MODELS, POOLINGS, Classifier, ModelSpec, build_model, notation
+from labsweep.optimizers import OPTIMIZERS, build_optimizer
+from labsweep.tracking import flatten, tracked_run, tracking_uri
+
+log = logging.getLogger("labsweep")
+
+
+class ConfigError(ValueError):
+    """A config value the user can fix; the message names the key."""
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def load_data(ds: DictConfig, seed: int) -> ImageData:
+    """The dataset the config names (files are checked and class ids validated before any training)."""
+    if ds.name == "synthetic":
+        ids = None if ds.classes is None else check_classes(ds.classes, 1 << 31, key="dataset.classes")
+        return make_synthetic(
+            num_classes=len(ids) if ids else _positive_int(ds.num_classes, "dataset.num_classes"),
+            train_per_class=_positive_int(ds.train_per_class, "dataset.train_per_class"),
+            test_per_class=_positive_int(ds.test_per_class, "dataset.test_per_class"),
+            seed=ds.seed,
+            class_ids=ids,
+        )
+    caps = {
+        "max_train_per_class": ds.max_train_per_class and _positive_int(ds.max_train_per_class, "dataset.max_train_per_class"),
+        "max_test_per_class": ds.max_test_per_class and _positive_int(ds.max_test_per_class, "dataset.max_test_per_class"),
+    }
+    files = {"verify": bool(ds.verify), "download": bool(ds.download), "url": ds.url, **caps}
+    if ds.name == "cifar100":
+        streams = {name: next(iter(rule.items())) for name, rule in ds.rule.streams.items()}
+        rule = VariantRule(ds.rule.group_offset, ds.rule.variant_offset, streams)
+        classes = resolve_classes(ds.classes, ds.group, ds.variant, ds.stream, rule, num_total=100)
+        return load_cifar100(Path(ds.root), classes, **files)
+    if ds.name == "cifar10":
+        classes = resolve_classes(ds.classes, None, None, None, None, num_total=10) if ds.classes is not None else None
+        return load_cifar10(Path(ds.root), classes, **files)
+    raise ConfigError(f"dataset.name must be cifar100, cifar10 or synthetic, got {ds.name!r}")
+
+
+def model_spec(model: DictConfig, pooling: DictConfig, data: ImageData) -> ModelSpec:
+    """Check the model and pooling choice and describe the model to build."""
+    name = model.name
+    if name not in MODELS:
+        raise ConfigError(f"model.name must be one of {MODELS}, got {name!r}")
+    pool = pooling.name
+    if name == "cnn" and pool not in POOLINGS:
+        raise ConfigError(f"pooling={pool} is not a pooling tactic for model=cnn; choose one of {POOLINGS}")
+    if name != "cnn" and pool != "none":
+        raise ConfigError(f"pooling={pool} has no effect on model={name}: it has no pooling stage (pooling is for model=cnn)")
+    spec = ModelSpec(name=name, num_classes=data.num_classes, mean=data.mean, std=data.std, pooling=pool)
+    if name == "mlp":
+        hidden = list(model.hidden)
+        for size in hidden:
+            _positive_int(size, "model.hidden entries")
+        spec = ModelSpec(**{**spec.__dict__, "hidden": tuple(hidden)})
+    if name == "cnn":
+        spec = ModelSpec(**{**spec.__dict__, "channels": _positive_int(model.channels, "model.channels")})
+    if name == "vgg":
+        dropout = float(model.dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
+        spec = ModelSpec(**{**spec.__dict__, "dropout": dropout})
+    return spec
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name} but no CUDA GPU is available; use trainer.device=auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={name}: only {torch.cuda.device_count()} GPU(s) present")
+    elif device.type != "cpu":
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def to_splits(model: Classifier, data: ImageData, device: torch.device) -> tuple[Split, Split]:
+    """Both splits on the device, normalised once by the model's own Normalize: the loop then calls
+    ``model.net`` directly instead of normalising every batch again."""
+    with torch.no_grad():
+        return tuple(  # type: ignore[return-value]
+            Split(model.normalize(torch.from_numpy(x).to(device)).contiguous(), torch.from_numpy(y).to(device))
+            for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y))
+        )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_config.PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_name(overrides: Sequence[str], choices: Mapping[str, str]) -> str:
+    """Name a run after what was changed on the command line, e.g. ``model=cnn pooling=max``."""
+    shown = [o for o in overrides if not o.startswith(("hydra.", "tracking."))]
+    if shown:
+        return " ".join(shown)
+    return choices.get("experiment") or f"{choices.get('dataset', '')}-{choices.get('model', '')}"
+
+
+def train(
+    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str] = ()
+) -> dict[str, float]:
+    """Run the job ``cfg`` describes, log it to MLflow, write its files to ``output_dir``; return the summary metrics."""
+    if cfg.task == "classify":
+        return train_classifier(cfg, output_dir, choices, overrides)
+    raise ConfigError(f"task must be 'classify', got {cfg.task!r}")
+
+
+def train_classifier(
+    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str]
+) -> dict[str, float]:
+    # Validate everything a user can get wrong before an MLflow run exists.
+    seed = int(cfg.seed)
+    epochs = _positive_int(cfg.trainer.epochs, "trainer.epochs")
+    batch_size = _positive_int(cfg.trainer.batch_size, "trainer.batch_size")
+    eval_batch_size = _positive_int(cfg.trainer.eval_batch_size, "trainer.eval_batch_size")
+    opt = cfg.optimizer
+    if opt.name not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
+    lr = _positive_float(opt.lr, "optimizer.lr")
+    device = pick_device(str(cfg.trainer.device))
+    data = load_data(cfg.dataset, seed)
+    if batch_size > len(data.train_y):
+        raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train_y)} images)")
+    spec = model_spec(cfg.model, cfg.pooling, data)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+
+    torch.manual_seed(seed)
+    model = build_model(spec).to(device)
+    optimizer = build_optimizer(opt.name, model.net.parameters(), lr=lr, momentum=float(opt.get("momentum", 0.0)),
+                                weight_decay=float(opt.get("weight_decay", 0.0)))  # fmt: skip
+    train_split, test_split = to_splits(model, data, device)
+    names = reports.target_names(data.class_ids, data.class_names)
+    log.info("data: %s, classes %s, %d train / %d test images", data.name, ", ".join(names), len(data.train_y), len(data.test_y))
+    log.info("model: %s on %s, %d parameters", notation(spec), device, sum(p.numel() for p in model.parameters()))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tags = {
+        **{f"choice.{group}": option for group, option in choices.items() if not group.startswith("hydra")},
+        "model": spec.name, "pooling": spec.pooling, "dataset": data.name, "classes": ",".join(map(str, data.class_ids)),
+        "seed": seed, "notation": notation(spec), "git_commit": git_commit() or "unknown",
+    }  # fmt: skip
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or run_name(overrides, choices),
+                     tags) as run:  # fmt: skip
+        run.log_params(flatten(resolved))
+        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        write_text(output_dir / "model_summary.txt", reports.model_summary(model, device))
+
+        start = time.perf_counter()
+        result = fit(model.net, optimizer, train_split, test_split, epochs=epochs, batch_size=batch_size,
+                     generator=torch.Generator().manual_seed(seed), log_metrics=run,
+                     eval_batch_size=eval_batch_size, progress=bool(cfg.trainer.progress))  # fmt: skip
+        seconds = time.perf_counter() - start
+
+        # Final model: evaluation on both splits, reports and the last checkpoint.
+        final_train = evaluate(model.net, train_split, eval_batch_size)
+        final_test = evaluate(model.net, test_split, eval_batch_size)
+        summary = {
+            "final/train/loss": final_train.loss, "final/train/acc": final_train.acc,
+            "final/test/loss": final_test.loss, "final/test/acc": final_test.acc,
+            "best/epoch": float(result.best_epoch), "best/test/loss": result.best_metrics["test/loss"],
+            "best/test/acc": result.best_metrics["test/acc"], "best/train/acc": result.best_metrics["train/acc"],
+            "time/train_seconds": seconds, "time/epoch_ms": 1000 * seconds / epochs,
+        }  # fmt: skip
+        summary |= reports.write_reports(output_dir, names=names, splits={
+            "train": (data.train_y, final_train.predictions.numpy()),
+            "test": (data.test_y, final_test.predictions.numpy()),
+        })  # fmt: skip
+        reports.save_figure(reports.learning_curves_figure(result.history, result.best_epoch), output_dir / "learning_curves.png")
+        if spec.name == "mlp" and spec.hidden:
+            reports.save_figure(reports.first_layer_figure(model.net[0].weight), output_dir / "first_layer_weights.png")
+        meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": resolved}
+        save_checkpoint(output_dir / "checkpoint_last.pt", model, spec, epoch=epochs, metrics=summary, **meta)
+        model.net.load_state_dict(result.best_state)
+        save_checkpoint(output_dir / "checkpoint_best.pt", model, spec, epoch=result.best_epoch,
+                        metrics=result.best_metrics, **meta)  # fmt: skip
+        write_text(output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
+
+        run(summary, epochs)
+        run.flush()
+        run.log_artifacts(output_dir)
+        log.info(
+            "done in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
+            seconds, summary["time/epoch_ms"], final_test.acc, final_train.acc, result.best_epoch, summary["best/test/acc"],
+        )  # fmt: skip
+        log.info("MLflow run %s in %s (mlflow ui --backend-store-uri %s)", run.run_id, cfg.tracking.experiment,
+                 tracking_uri(cfg.tracking.uri))  # fmt: skip
+    return {"test/acc": final_test.acc, "train/acc": final_train.acc, **summary}
+
+
+@hydra.main(version_base="1.3", config_path=str(_config.CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    try:
+        return train(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), list(hc.overrides.task))["test/acc"]
+    except (ConfigError, DataError) as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The training entrypoint end to end on synthetic data: what a run leaves in MLflow and on disk,
+reproducibility, and the errors a user gets before any run is created."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from labsweep.checkpoint import load_checkpoint
+from labsweep.datasets import DataError, make_synthetic
+from labsweep.loop import fit
+from labsweep.models import ModelSpec, build_model
+from labsweep.optimizers import build_optimizer
+from labsweep.train import ConfigError, to_splits, train
+
+CHOICES = {"dataset": "synthetic", "model": "mlp", "optimizer": "sgd", "pooling": "default", "experiment": "smoke"}
+
+
+def runs_in(experiment: str) -> list:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_a_run_logs_config_metrics_reports_and_checkpoints(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("experiment=smoke", "trainer.epochs=3", "tracking.experiment=t-artifacts")
+    summary = train(cfg, tmp_path, CHOICES, ["experiment=smoke", "trainer.epochs=3"])
+
+    (run,) = runs_in("t-artifacts")
+    client = MlflowClient()
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "experiment=smoke trainer.epochs=3"
+    assert run.data.params["trainer.epochs"] == "3" and run.data.params["optimizer.lr"] == "0.005"
+    assert run.data.params["model.hidden"] == "[10]"
+    assert run.data.tags["choice.model"] == "mlp" and run.data.tags["notation"] == "FC(10), FC(3)"
+    for key in ("train/loss", "train/acc", "test/loss", "test/acc", "train/loss_q25", "train/acc_q75"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+    for key in ("best/epoch", "best/test/acc", "final/train/acc", "final/test/acc", "test/f1/0_synthetic-0"):
+        assert key in run.data.metrics
+    assert run.data.metrics["final/test/acc"] == pytest.approx(summary["test/acc"])
+
+    expected = {"config.yaml", "model_summary.txt", "learning_curves.png", "first_layer_weights.png",
+                "classification_report_train.txt", "classification_report_test.txt", "confusion_matrix_test.png",
+                "checkpoint_best.pt", "checkpoint_last.pt", "metrics.json"}  # fmt: skip
+    assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert expected <= {p.name for p in tmp_path.iterdir()}
+    report = (tmp_path / "classification_report_test.txt").read_text()
+    assert "0 synthetic-0" in report and "accuracy" in report
+    assert "Linear" in (tmp_path / "model_summary.txt").read_text()
+
+    model, meta = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert meta["class_names"] == ["synthetic-0", "synthetic-1", "synthetic-2"]
+    assert meta["config"]["trainer"]["epochs"] == 3
+    data = make_synthetic()
+    with torch.no_grad():
+        acc = (model(torch.from_numpy(data.test_x)).argmax(1).numpy() == data.test_y).mean()
+    assert acc == pytest.approx(summary["final/test/acc"])  # raw pixels in, same accuracy out
+
+
+def test_same_config_and_seed_give_the_same_metrics() -> None:
+    data = make_synthetic(train_per_class=60, test_per_class=20)
+
+    def history(seed: int) -> list[dict[str, float]]:
+        torch.manual_seed(seed)
+        model = build_model(ModelSpec("mlp", 3, data.mean, data.std, hidden=(10,)))
+        train_split, test_split = to_splits(model, data, torch.device("cpu"))
+        return fit(model.net, build_optimizer("sgd", model.net.parameters(), lr=0.005), train_split, test_split,
+                   epochs=3, batch_size=32, generator=torch.Generator().manual_seed(seed),
+                   log_metrics=lambda m, s: None, progress=False).history  # fmt: skip
+
+    assert history(0) == history(0)
+    assert history(0) != history(1)
+
+
+def test_golden_losses_of_a_seeded_few_epoch_run(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("experiment=smoke", "trainer.epochs=3", "tracking.experiment=t-golden", "seed=7")
+    logged: list[tuple[dict[str, float], int]] = []
+    data = make_synthetic()
+    torch.manual_seed(7)
+    model = build_model(ModelSpec("mlp", 3, data.mean, data.std, hidden=(10,)))
+    train_split, test_split = to_splits(model, data, torch.device("cpu"))
+    fit(model.net, build_optimizer("sgd", model.net.parameters(), lr=0.005), train_split, test_split, epochs=3,
+        batch_size=128, generator=torch.Generator().manual_seed(7), log_metrics=lambda m, s: logged.append((m, s)),
+        progress=False)  # fmt: skip
+    train_losses = [round(m["train/loss"], 4) for m, _ in logged]
+    test_losses = [round(m["test/loss"], 4) for m, _ in logged]
+    assert [s for _, s in logged] == [1, 2, 3]
+    assert train_losses == GOLDEN_TRAIN and test_losses == GOLDEN_TEST
+    # train() runs the very same loop: its logged per-epoch losses match.
+    train(cfg, tmp_path, CHOICES)
+    (run,) = runs_in("t-golden")
+    history = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert [round(m.value, 4) for m in history] == GOLDEN_TRAIN
+
+
+GOLDEN_TRAIN = [1.0209, 0.8839, 0.7953]  # recorded with torch 2.13 CPU, synthetic data seed 0
+GOLDEN_TEST = [0.9422, 0.8624, 0.8028]
+
+
+@pytest.mark.parametrize(
+    "override, error, message",
+    [
+        ("optimizer.lr=0", ConfigError, "optimizer.lr must be a positive number"),
+        ("optimizer.lr=-0.1", ConfigError, "optimizer.lr"),
+        ("trainer.batch_size=0", ConfigError, "trainer.batch_size must be a positive integer"),
+        ("trainer.batch_size=100000", ConfigError, "larger than the training set"),
+        ("trainer.epochs=0", ConfigError, "trainer.epochs"),
+        ("pooling=max", ConfigError, "pooling=max has no effect on model=mlp"),
+        ("model.hidden=[10,-3]", ConfigError, "model.hidden"),
+        ("model.hidden=[1.5]", ConfigError, "model.hidden"),
+        ("trainer.device=tpu", ConfigError, "trainer.device"),
+        ("dataset.classes=[0,0,1]", DataError, "dataset.classes"),
+        ("dataset.classes=[]", DataError, "dataset.classes"),
+    ],
+)
+def test_bad_config_fails_before_any_mlflow_run(compose_cfg, tmp_path: Path, override: str, error: type, message: str) -> None:
+    cfg = compose_cfg("experiment=smoke", "tracking.experiment=t-bad", override)
+    before = len(runs_in("t-bad"))
+    with pytest.raises(error, match=message.replace("[", r"\[")):
+        train(cfg, tmp_path, CHOICES)
+    assert len(runs_in("t-bad")) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_clear_error(compose_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        train(compose_cfg("experiment=smoke", "trainer.device=cuda"), tmp_path, CHOICES)
+
+
+def test_cifar100_without_classes_says_how_to_choose_them(compose_cfg, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dataset.classes"):
+        train(compose_cfg("dataset=cifar100", "trainer.epochs=1"), tmp_path, CHOICES)
+
+
+def cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "labsweep.train", *args, f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
+    proc = cli("experiment=smoke", "tracking.experiment=t-cli", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test acc" in proc.stdout + proc.stderr
+    (run,) = runs_in("t-cli")
+    assert run.info.status == "FINISHED" and run.data.metrics["final/test/acc"] > 0.6
+    assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
+
+
+def test_cli_reports_a_bad_value_with_exit_status_2(tmp_path: Path) -> None:
+    proc = cli("experiment=smoke", "optimizer.lr=-1", "tracking.experiment=t-cli-bad", tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert "optimizer.lr must be a positive number" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert runs_in("t-cli-bad") == []
