@@ -17,17 +17,20 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from labsweep import config as _config  # noqa: F401  (registers the resolvers the config uses)
 from labsweep import reports
 from labsweep.atomic import write_text
 from labsweep.checkpoint import save_checkpoint
+from labsweep.config import batches_per_epoch
 from labsweep.datasets import DataError, ImageData, VariantRule, load_cifar10, load_cifar100, make_synthetic
 from labsweep.datasets import check_classes, resolve_classes
 from labsweep.loop import Split, evaluate, fit
 from labsweep.models import MODELS, POOLINGS, Classifier, ModelSpec, build_model, notation
 from labsweep.optimizers import OPTIMIZERS, build_optimizer
+from labsweep.sweep import SweepContext, config_hash, finished_run
 from labsweep.tracking import flatten, tracked_run, tracking_uri
 
 log = logging.getLogger("labsweep")
@@ -138,25 +141,58 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def run_name(overrides: Sequence[str], choices: Mapping[str, str]) -> str:
-    """Name a run after what was changed on the command line, e.g. ``model=cnn pooling=max``."""
-    shown = [o for o in overrides if not o.startswith(("hydra.", "tracking."))]
-    if shown:
-        return " ".join(shown)
-    return choices.get("experiment") or f"{choices.get('dataset', '')}-{choices.get('model', '')}"
+SHORT_NAMES = {"batch_size": "batch", "lab1": "point", "divisor": "lr÷"}
+
+
+def run_name(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, str], swept: Sequence[str] = ()) -> str:
+    """Name a run after what its command line (in a sweep: its swept keys) changed, plus the values
+    derived from it: ``batch=32 epochs=64 seed=1``, ``model=cnn pooling=max``."""
+    parts, seed_part = [], None
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith(("hydra.", "tracking.")) or (swept and key not in swept):
+            continue
+        if key == "seed":
+            seed_part = override
+            continue
+        short = key.rsplit(".", 1)[-1]
+        parts.append(f"{SHORT_NAMES.get(short, short)}={value}")
+    # Values a sweep derives (epochs from an iteration budget, a scaled lr) are part of the name.
+    if OmegaConf.is_interpolation(cfg.trainer, "epochs"):
+        parts.append(f"epochs={cfg.trainer.epochs}")
+    if OmegaConf.is_interpolation(cfg.optimizer, "lr"):
+        parts.append(f"lr={cfg.optimizer.lr:.3g}")
+    if seed_part:
+        parts.append(seed_part)
+    return " ".join(parts) or choices.get("experiment") or f"{choices.get('dataset', '')}-{choices.get('model', '')}"
+
+
+class JobSkipped(Exception):
+    """A sweep job whose exact configuration already has a FINISHED run."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"a FINISHED run with this configuration exists: {run_id}")
+        self.run_id = run_id
 
 
 def train(
-    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str] = ()
+    cfg: DictConfig,
+    output_dir: Path,
+    choices: Mapping[str, str],
+    overrides: Sequence[str] = (),
+    sweep: SweepContext | None = None,
 ) -> dict[str, float]:
-    """Run the job ``cfg`` describes, log it to MLflow, write its files to ``output_dir``; return the summary metrics."""
+    """Run the job ``cfg`` describes, log it to MLflow, write its files to ``output_dir``; return the summary metrics.
+
+    In a sweep the run becomes a child of the sweep's parent run, and a job whose configuration
+    (seed included) already has a FINISHED run raises JobSkipped unless ``tracking.skip_finished=false``."""
     if cfg.task == "classify":
-        return train_classifier(cfg, output_dir, choices, overrides)
+        return train_classifier(cfg, output_dir, choices, overrides, sweep)
     raise ConfigError(f"task must be 'classify', got {cfg.task!r}")
 
 
 def train_classifier(
-    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str]
+    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str], sweep: SweepContext | None
 ) -> dict[str, float]:
     # Validate everything a user can get wrong before an MLflow run exists.
     seed = int(cfg.seed)
@@ -168,12 +204,21 @@ def train_classifier(
         raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
     lr = _positive_float(opt.lr, "optimizer.lr")
     device = pick_device(str(cfg.trainer.device))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    run_key = config_hash(resolved, with_seed=True)
+    if sweep and cfg.tracking.skip_finished:  # before loading any data: a skipped job costs a query
+        done = finished_run(cfg.tracking.uri, cfg.tracking.experiment, run_key)
+        if done:
+            raise JobSkipped(done)
     data = load_data(cfg.dataset, seed)
     if batch_size > len(data.train_y):
         raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train_y)} images)")
     spec = model_spec(cfg.model, cfg.pooling, data)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
+    iterations = epochs * batches_per_epoch(len(data.train_y), batch_size)
+    if cfg.trainer.iterations is not None and iterations != cfg.trainer.iterations:
+        log.info("iteration budget %d at batch size %d on %d images: %d whole epochs give %d iterations",
+                 cfg.trainer.iterations, batch_size, len(data.train_y), epochs, iterations)  # fmt: skip
 
     torch.manual_seed(seed)
     model = build_model(spec).to(device)
@@ -189,10 +234,15 @@ def train_classifier(
         **{f"choice.{group}": option for group, option in choices.items() if not group.startswith("hydra")},
         "model": spec.name, "pooling": spec.pooling, "dataset": data.name, "classes": ",".join(map(str, data.class_ids)),
         "seed": seed, "notation": notation(spec), "git_commit": git_commit() or "unknown",
+        "config_hash": config_hash(resolved, with_seed=False), "run_key": run_key,
     }  # fmt: skip
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name or run_name(overrides, choices),
-                     tags) as run:  # fmt: skip
-        run.log_params(flatten(resolved))
+    if sweep:
+        tags |= {"sweep_id": sweep.sweep_id, "job_num": sweep.job_num}
+    name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
+                     parent_run_id=sweep.parent_run_id if sweep else None) as run:  # fmt: skip
+        run.log_params(flatten(resolved) | {"derived.iterations": iterations, "derived.train_images": len(data.train_y),
+                                              "derived.test_images": len(data.test_y)})
         write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         write_text(output_dir / "model_summary.txt", reports.model_summary(model, device))
 
@@ -241,11 +291,29 @@ def train_classifier(
 @hydra.main(version_base="1.3", config_path=str(_config.CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
+    sweep = SweepContext.from_env(hc.job.num) if hc.mode == RunMode.MULTIRUN else None
+    name = run_name(cfg, list(hc.overrides.task), dict(hc.runtime.choices), sweep.swept if sweep else ())
     try:
-        return train(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), list(hc.overrides.task))["test/acc"]
-    except (ConfigError, DataError) as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+        result = train(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), list(hc.overrides.task), sweep)
+    except JobSkipped as skipped:
+        log.info("skipping %s: %s (tracking.skip_finished=false reruns it)", name, skipped)
+        if sweep:
+            sweep.record("skipped", name=name, run_id=skipped.run_id)
+        return float("nan")
+    except Exception as exc:
+        user_error = isinstance(exc, (ConfigError, DataError))
+        if sweep is None:
+            if user_error:  # a clear message, no traceback
+                log.error("%s", exc)
+                raise SystemExit(2) from None
+            raise
+        # In a sweep one failed job must not stop the others: record it, the sweep ends non-zero.
+        log.error("job %d (%s) failed: %s", hc.job.num, name, exc, exc_info=not user_error)
+        sweep.record("failed", name=name, reason=f"{type(exc).__name__}: {exc}")
+        return float("nan")
+    if sweep:
+        sweep.record("finished", name=name, test_acc=result["test/acc"])
+    return result["test/acc"]
 
 
 if __name__ == "__main__":
