@@ -35,7 +35,7 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(compose_cfg, tmp_path
     (run,) = runs_in("t-artifacts")
     client = MlflowClient()
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "experiment=smoke trainer.epochs=3"
+    assert run.info.run_name == "experiment=smoke epochs=3"
     assert run.data.params["trainer.epochs"] == "3" and run.data.params["optimizer.lr"] == "0.005"
     assert run.data.params["model.hidden"] == "[10]"
     assert run.data.tags["choice.model"] == "mlp" and run.data.tags["notation"] == "FC(10), FC(3)"
@@ -47,7 +47,7 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(compose_cfg, tmp_path
 
     expected = {"config.yaml", "model_summary.txt", "learning_curves.png", "first_layer_weights.png",
                 "classification_report_train.txt", "classification_report_test.txt", "confusion_matrix_test.png",
-                "checkpoint_best.pt", "checkpoint_last.pt", "metrics.json"}  # fmt: skip
+                "checkpoint_best.pt", "checkpoint_last.pt", "model_best_full.pt", "metrics.json"}  # fmt: skip
     assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert expected <= {p.name for p in tmp_path.iterdir()}
     report = (tmp_path / "classification_report_test.txt").read_text()
@@ -61,6 +61,12 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(compose_cfg, tmp_path
     with torch.no_grad():
         acc = (model(torch.from_numpy(data.test_x)).argmax(1).numpy() == data.test_y).mean()
     assert acc == pytest.approx(summary["final/test/acc"])  # raw pixels in, same accuracy out
+
+    # Lab 2's "save the whole model and load it back" (a full unpickle: only for files you made yourself).
+    whole = torch.load(tmp_path / "model_best_full.pt", weights_only=False)
+    best, _ = load_checkpoint(tmp_path / "checkpoint_best.pt")
+    pixels = torch.from_numpy(data.test_x[:8])
+    torch.testing.assert_close(whole(pixels), best(pixels))
 
 
 def test_same_config_and_seed_give_the_same_metrics() -> None:

@@ -48,6 +48,14 @@ def save_checkpoint(
     return path
 
 
+def save_whole_model(path: Path, model: Classifier) -> Path:
+    """Lab 2's "save the whole model": ``torch.load(path, weights_only=False)`` gives back a working
+    model. That load runs arbitrary pickled code, so share the state_dict checkpoint instead."""
+    with atomic_path(path) as tmp:
+        torch.save(model.cpu().eval(), tmp)
+    return path
+
+
 def load_checkpoint(path: Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model (in eval mode, on the CPU) and return it with the checkpoint's metadata."""
     path = Path(path)

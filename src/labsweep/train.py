@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from labsweep import config as _config  # noqa: F401  (registers the resolvers the config uses)
 from labsweep import reports
 from labsweep.atomic import write_text
-from labsweep.checkpoint import save_checkpoint
+from labsweep.checkpoint import save_checkpoint, save_whole_model
 from labsweep.config import batches_per_epoch
 from labsweep.datasets import DataError, ImageData, VariantRule, load_cifar10, load_cifar100, make_synthetic
 from labsweep.datasets import check_classes, resolve_classes
@@ -274,6 +274,7 @@ def train_classifier(
         model.net.load_state_dict(result.best_state)
         save_checkpoint(output_dir / "checkpoint_best.pt", model, spec, epoch=result.best_epoch,
                         metrics=result.best_metrics, **meta)  # fmt: skip
+        save_whole_model(output_dir / "model_best_full.pt", model)  # Lab 2's torch.save(model): see the README
         write_text(output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
 
         run(summary, epochs)
