@@ -188,7 +188,91 @@ def train(
     (seed included) already has a FINISHED run raises JobSkipped unless ``tracking.skip_finished=false``."""
     if cfg.task == "classify":
         return train_classifier(cfg, output_dir, choices, overrides, sweep)
-    raise ConfigError(f"task must be 'classify', got {cfg.task!r}")
+    if cfg.task in SCRATCH_TASKS:
+        return train_scratch(cfg, output_dir, choices, overrides, sweep)
+    raise ConfigError(f"task must be one of classify, {', '.join(SCRATCH_TASKS)}; got {cfg.task!r}")
+
+
+def resolve_and_check_skip(cfg: DictConfig, sweep: SweepContext | None) -> tuple[dict[str, Any], str]:
+    """The resolved config and its run key (config hash with the seed). In a sweep, raise JobSkipped
+    when a FINISHED run already has this exact configuration (a query, before any data is loaded)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    run_key = config_hash(resolved, with_seed=True)
+    if sweep and cfg.tracking.skip_finished:
+        done = finished_run(cfg.tracking.uri, cfg.tracking.experiment, run_key)
+        if done:
+            raise JobSkipped(done)
+    return resolved, run_key
+
+
+def job_tags(resolved: dict[str, Any], run_key: str, choices: Mapping[str, str], sweep: SweepContext | None,
+             **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """Tags every run carries: the group choices, the table's row key, the sweep, the code version."""
+    tags = {f"choice.{group}": option for group, option in choices.items() if not group.startswith("hydra")}
+    tags |= {"config_hash": config_hash(resolved, with_seed=False), "run_key": run_key,
+             "seed": resolved.get("seed"), "git_commit": git_commit() or "unknown", **extra}  # fmt: skip
+    if sweep:
+        tags |= {"sweep_id": sweep.sweep_id, "job_num": sweep.job_num}
+    return tags
+
+
+# The from-scratch tasks and the datasets each one takes.
+SCRATCH_TASKS = {"regression": ("sigmoid",), "binary": ("xor", "circles", "moons"), "numpy_mlp": ("moons", "blobs")}
+
+
+def train_scratch(
+    cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str], sweep: SweepContext | None
+) -> dict[str, float]:
+    """The from-scratch labs: hand-written gradients (regression), autograd XOR (binary), NumPy backprop."""
+    from labsweep.scratch import numpy_mlp, regression, xor  # imported here: only these tasks need them
+
+    seed = int(cfg.seed)
+    hidden = [_positive_int(h, "model.hidden entries") for h in cfg.model.hidden]
+    lr = _positive_float(cfg.optimizer.lr, "optimizer.lr")
+    ds = cfg.dataset
+    if ds.name not in SCRATCH_TASKS[cfg.task]:
+        raise ConfigError(f"task={cfg.task} takes dataset={' or dataset='.join(SCRATCH_TASKS[cfg.task])}, got dataset.name={ds.name}")
+    if cfg.task in ("regression", "binary"):
+        if len(hidden) != 1:
+            raise ConfigError(f"task={cfg.task} has exactly one hidden layer: model.hidden=[N], got {hidden}")
+        iterations = _positive_int(cfg.trainer.iterations, "trainer.iterations")
+    log_every = _positive_int(cfg.trainer.get("log_every", 100), "trainer.log_every")
+    if cfg.task == "regression":
+        task, outputs = regression.run_regression, 1
+        kwargs = {"hidden": hidden[0], "lr": lr, "iterations": iterations, "noise": float(ds.noise),
+                  "plot_every": _positive_int(cfg.trainer.plot_every, "trainer.plot_every"), "log_every": log_every}
+    elif cfg.task == "binary":
+        task, outputs = xor.run_binary, 1
+        kwargs = {"dataset": ds.name, "n": _positive_int(ds.n, "dataset.n"), "noise": ds.noise, "hidden": hidden[0],
+                  "lr": lr, "iterations": iterations, "log_every": log_every}
+    else:
+        task, outputs = numpy_mlp.run_numpy_mlp, (3 if ds.name == "blobs" else 2)
+        kwargs = {"dataset": ds.name, "n": _positive_int(ds.n, "dataset.n"), "noise": float(ds.noise), "hidden": hidden,
+                  "epochs": _positive_int(cfg.trainer.epochs, "trainer.epochs"), "alpha": lr,
+                  "batch_size": _positive_int(cfg.trainer.batch_size, "trainer.batch_size")}
+    # fmt: skip
+    resolved, run_key = resolve_and_check_skip(cfg, sweep)
+    notation_text = ", ".join(f"FC({n})" for n in (*hidden, outputs))
+    tags = job_tags(resolved, run_key, choices, sweep, task=cfg.task, dataset=ds.name, notation=notation_text)
+    name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
+                     parent_run_id=sweep.parent_run_id if sweep else None) as logger:  # fmt: skip
+        logger.log_params(flatten(resolved))
+        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        start = time.perf_counter()
+        try:
+            summary = task(**kwargs, seed=seed, log_metrics=logger, output_dir=output_dir)
+        except ValueError as exc:  # e.g. an unknown dataset name for the task
+            raise ConfigError(str(exc)) from exc
+        summary = {k: float(v) for k, v in summary.items()} | {"time/train_seconds": time.perf_counter() - start}
+        write_text(output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
+        logger.flush()
+        logger.log_artifacts(output_dir)
+        log.info("%s done in %.1f s: %s", cfg.task, summary["time/train_seconds"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if not k.startswith("time/")))  # fmt: skip
+    return summary
 
 
 def train_classifier(
@@ -204,13 +288,7 @@ def train_classifier(
         raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
     lr = _positive_float(opt.lr, "optimizer.lr")
     device = pick_device(str(cfg.trainer.device))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    run_key = config_hash(resolved, with_seed=True)
-    if sweep and cfg.tracking.skip_finished:  # before loading any data: a skipped job costs a query
-        done = finished_run(cfg.tracking.uri, cfg.tracking.experiment, run_key)
-        if done:
-            raise JobSkipped(done)
+    resolved, run_key = resolve_and_check_skip(cfg, sweep)  # before loading any data
     data = load_data(cfg.dataset, seed)
     if batch_size > len(data.train_y):
         raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train_y)} images)")
@@ -230,14 +308,8 @@ def train_classifier(
     log.info("model: %s on %s, %d parameters", notation(spec), device, sum(p.numel() for p in model.parameters()))
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    tags = {
-        **{f"choice.{group}": option for group, option in choices.items() if not group.startswith("hydra")},
-        "model": spec.name, "pooling": spec.pooling, "dataset": data.name, "classes": ",".join(map(str, data.class_ids)),
-        "seed": seed, "notation": notation(spec), "git_commit": git_commit() or "unknown",
-        "config_hash": config_hash(resolved, with_seed=False), "run_key": run_key,
-    }  # fmt: skip
-    if sweep:
-        tags |= {"sweep_id": sweep.sweep_id, "job_num": sweep.job_num}
+    tags = job_tags(resolved, run_key, choices, sweep, task="classify", model=spec.name, pooling=spec.pooling,
+                    dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec))  # fmt: skip
     name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
     with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
                      parent_run_id=sweep.parent_run_id if sweep else None) as run:  # fmt: skip
@@ -312,9 +384,10 @@ def main(cfg: DictConfig) -> float:
         log.error("job %d (%s) failed: %s", hc.job.num, name, exc, exc_info=not user_error)
         sweep.record("failed", name=name, reason=f"{type(exc).__name__}: {exc}")
         return float("nan")
+    objective = result.get("test/acc", result.get("train/mse", float("nan")))  # what a Hydra sweeper optimises
     if sweep:
-        sweep.record("finished", name=name, test_acc=result["test/acc"])
-    return result["test/acc"]
+        sweep.record("finished", name=name, objective=objective)
+    return objective
 
 
 if __name__ == "__main__":
