@@ -1,0 +1,457 @@
+"""``labsweep-export``: Lab 2's "pick the best configuration, save it, export it to ONNX" as one command.
+
+The model is rebuilt from a run's self-describing checkpoint alone, exported with a dynamic batch
+axis and its classes in the ONNX metadata, and verified (ONNX checker, then onnxruntime against
+PyTorch on real test images) before it is written: a file at ``--output`` is always a verified one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from labsweep.atomic import atomic_path
+from labsweep.checkpoint import CheckpointError, load_checkpoint
+from labsweep.config import PROJECT_ROOT
+from labsweep.datasets import DataError, load_cifar10, load_cifar100, make_synthetic
+from labsweep.models import Classifier, ModelSpec, notation
+
+# 18: the newest opset both torch exporters emit natively, run by onnxruntime >= 1.14. With this exporter every
+# model (mlp [10] and [], cnn avg/max/stride, vgg) exports and verifies at each opset 9..20; see export_onnx.
+DEFAULT_OPSET = 18
+MIN_OPSET, MAX_OPSET = 9, 20  # the seed's opset 9 .. the TorchScript exporter's newest
+ATOL = 1e-4  # onnxruntime vs PyTorch logits, absolute
+VERIFY_BATCHES = (1, 64)
+INPUT, OUTPUT = "input", "output"
+ARTIFACT_DIR, ARTIFACT_NAME = "onnx", "model.onnx"
+CHECKPOINTS = {"best": "checkpoint_best.pt", "last": "checkpoint_last.pt"}
+
+
+class ExportError(Exception):
+    """Something the user can fix (a run id, an experiment name, a missing checkpoint): exit status 2."""
+
+
+class VerificationError(Exception):
+    """The exported file does not reproduce the PyTorch model: nothing is written, exit status 1."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the exported file was checked on, and how close it came."""
+
+    images: str  # where the images came from, in words
+    max_abs_diff: float
+    batch_sizes: tuple[int, ...]
+    near_ties: int  # images whose top-2 PyTorch logits are closer than ATOL (either class is right)
+
+
+# --------------------------------------------------------------------------- export and verify
+
+
+def onnx_metadata(
+    spec: ModelSpec,
+    class_ids: Sequence[int],
+    class_names: Sequence[str],
+    run_id: str | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, str]:
+    """The ONNX file's ``metadata_props``: enough to label its outputs without labsweep."""
+    meta = {
+        "class_ids": json.dumps([int(i) for i in class_ids]),
+        "class_names": json.dumps([str(n) for n in class_names], ensure_ascii=False),
+        "notation": notation(spec),
+        "model_spec": json.dumps(dataclasses.asdict(spec)),
+        "input_format": f"{INPUT}: float32 (batch, 32, 32, 3), RGB pixel values 0-255 (NHWC); the model normalises",
+        "output_format": f"{OUTPUT}: float32 (batch, classes) logits; output column i is class_ids[i]",
+    }
+    if run_id:
+        meta["labsweep_run_id"] = run_id
+    if checkpoint:
+        meta["labsweep_checkpoint"] = checkpoint
+    return meta
+
+
+def export_verified(
+    model: Classifier,
+    path: Path,
+    images: np.ndarray,
+    metadata: Mapping[str, str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    images_source: str = "the given images",
+) -> Verification:
+    """Export ``model`` to ONNX at ``path`` and verify it on ``images`` (uint8 or float NHWC pixels).
+
+    Written atomically: when export or verification fails, ``path`` is left as it was."""
+    with atomic_path(path) as tmp:
+        export_onnx(model, tmp, metadata, opset=opset)
+        return verify_onnx(tmp, model, images, opset=opset, images_source=images_source)
+
+
+def export_onnx(model: Classifier, path: Path, metadata: Mapping[str, str], *, opset: int = DEFAULT_OPSET) -> None:
+    """Lab 2's export (input ``input``, output ``output``, dynamic batch axis on both, constant folding),
+    in eval mode (Dropout off, BatchNorm on its running statistics), with ``metadata`` in the file."""
+    # The legacy TorchScript exporter (dynamo=False), not torch 2.13's default torch.export-based one:
+    # these nets are plain layer stacks, which tracing captures exactly, and it writes the opset asked
+    # for. The dynamo exporter builds opset 18 and converts down: below 15 (16 for avg/stride pooling
+    # and vgg) the conversion fails ("No Adapter From Version $15 for Shape") and it silently keeps
+    # opset 18, logging tracebacks; it rejects a batch-1 example with a dynamic batch axis ("Invalid
+    # ranges [2:1]"), prints progress lines, and takes 0.6-1.4 s per model here against 0.01-0.2 s.
+    # The legacy exporter's only drawback here, a DeprecationWarning, is silenced below.
+    example = torch.zeros(2, 32, 32, 3)  # traced values do not matter; 2 keeps batch 1 from being special
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), eval_mode(model):
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=opset, export_params=True,
+                do_constant_folding=True, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            )  # fmt: skip
+    except Exception as exc:  # an operator the opset lacks, ...
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {first_line}") from exc
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "labsweep classifier: " + metadata.get("notation", "")
+    onnx.save(proto, str(path))
+
+
+def verify_onnx(
+    path: Path,
+    model: Classifier,
+    images: np.ndarray,
+    *,
+    opset: int | None = None,
+    images_source: str = "the given images",
+) -> Verification:
+    """Check the file with the ONNX checker, then run it in onnxruntime against ``model`` at each batch
+    size in VERIFY_BATCHES: logits within ATOL and the same predicted classes, or VerificationError."""
+    proto = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VerificationError(f"the ONNX checker rejects the exported model: {exc}") from exc
+    got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and got_opset != opset:
+        raise VerificationError(f"asked for opset {opset}, the file has opset {got_opset}")
+    session = onnx_session(path)
+    worst, ties = 0.0, 0
+    for batch in VERIFY_BATCHES:
+        x = batch_of(images, batch)
+        with torch.no_grad(), eval_mode(model):
+            expected = model(torch.from_numpy(x)).numpy()
+        (got,) = session.run([OUTPUT], {INPUT: x})
+        if got.shape != expected.shape:
+            raise VerificationError(f"at batch {batch}: onnxruntime gives shape {got.shape}, PyTorch {expected.shape}")
+        diff = float(np.abs(got - expected).max())
+        worst = max(worst, diff)
+        if not diff <= ATOL:  # also catches NaN
+            raise VerificationError(
+                f"at batch {batch}: onnxruntime's logits differ from PyTorch's by up to {diff:.3g} (> {ATOL:g})"
+            )
+        # Where PyTorch's two best logits are closer than the tolerance, either class is a correct answer.
+        top2 = np.sort(expected, axis=1)[:, -2:]
+        tie = (top2[:, 1] - top2[:, 0]) <= ATOL
+        wrong = (got.argmax(1) != expected.argmax(1)) & ~tie
+        if wrong.any():
+            raise VerificationError(f"at batch {batch}: onnxruntime predicts other classes than PyTorch for "
+                                    f"{int(wrong.sum())} of {len(x)} images")  # fmt: skip
+        ties = max(ties, int(tie.sum()))
+    return Verification(images_source, worst, VERIFY_BATCHES, ties)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; the caller's model gets its own mode back after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def onnx_session(path: Path):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session that logs errors only (its warnings are about graph internals)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def batch_of(images: np.ndarray, size: int) -> np.ndarray:
+    """The first ``size`` images as float32 raw pixels, repeating them if there are fewer."""
+    if len(images) == 0:
+        raise ValueError("no images to verify on")
+    reps = -(-size // len(images))
+    x = np.concatenate([images] * reps)[:size] if reps > 1 else images[:size]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- verification images
+
+
+def verification_images(
+    dataset: Mapping[str, Any], class_ids: Sequence[int], count: int = max(VERIFY_BATCHES)
+) -> tuple[np.ndarray, str]:
+    """Up to ``count`` test images of the run's dataset (described by the checkpoint's resolved ``dataset``
+    config), never downloaded; random pixels when the data is not on this machine. Returns them and
+    where they came from, in words."""
+    name = dataset.get("name")
+    try:
+        if name == "synthetic":
+            data = make_synthetic(
+                num_classes=len(class_ids), train_per_class=int(dataset.get("train_per_class", 300)),
+                test_per_class=int(dataset.get("test_per_class", 100)), seed=int(dataset.get("seed", 0)),
+                class_ids=None if dataset.get("classes") is None else list(class_ids),
+            )  # fmt: skip
+            images = data.test_x[:count]
+            return images, f"{len(images)} synthetic test images (regenerated from the run's config)"
+        if name in ("cifar100", "cifar10"):
+            load = load_cifar100 if name == "cifar100" else load_cifar10
+            root, cap = Path(str(dataset.get("root"))), dataset.get("max_test_per_class")
+            with quiet_logger("labsweep"):  # the loaders' notes (missing train batches, md5s) concern training
+                data = load(root, list(class_ids), verify=bool(dataset.get("verify", True)), download=False,
+                            max_train_per_class=1, max_test_per_class=cap)  # fmt: skip
+            images = data.test_x[:count]  # file order: the classes are interleaved
+            return images, f"{len(images)} {name} test images from {root}"
+        reason = f"no loader for dataset {name!r}" if name else "the checkpoint names no dataset"
+    except (DataError, OSError, ValueError, TypeError) as exc:
+        # Only the first sentence: the loaders' advice (re-download, dataset.verify) is about training.
+        reason = f"{name} test images unavailable: {str(exc).split('. ')[0].rstrip('.')}"
+    pixels = np.random.default_rng(0).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    return pixels, f"{count} random images ({reason})"
+
+
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# --------------------------------------------------------------------------- choosing a run
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The chosen run and why."""
+
+    run: Any  # mlflow.entities.Run
+    metric: str
+    config_mean: float
+    seeds: int
+    configurations: int
+
+    def explain(self) -> str:
+        from labsweep.table import hyperparameters
+
+        run = self.run
+        seed = run.data.tags.get("seed", run.data.params.get("seed", "?"))
+        value = run.data.metrics[self.metric]
+        hyper = hyperparameters(run.data.params)
+        config = f"`{run.data.tags.get('notation', '?')}`" + (f" {hyper}" if hyper else "")
+        per_seed = f"over {self.seeds} seeds" if self.seeds > 1 else "from its only seed"
+        return (f"picked run {run.info.run_id} (seed {seed}, {self.metric} {value:.4f}) of configuration {config}: "
+                f"mean {self.metric} {self.config_mean:.4f} {per_seed}, best of {self.configurations} "
+                f"configuration{'s' if self.configurations != 1 else ''}")  # fmt: skip
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in ("loss", "mse", "error"))
+
+
+def pick_best(runs: Sequence[Any], metric: str) -> Pick | None:
+    """Group runs by their ``config_hash`` tag (the results table's rows: configurations that differ
+    only in the seed), take the configuration with the best mean ``metric``, then its best run."""
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    groups: dict[str, list[Any]] = {}
+    for run in runs:
+        value = run.data.metrics.get(metric)
+        if value is not None and not math.isnan(value):
+            groups.setdefault(run.data.tags.get("config_hash") or run.info.run_id, []).append(run)
+    if not groups:
+        return None
+
+    def mean(group: list[Any]) -> float:
+        return statistics.fmean(r.data.metrics[metric] for r in group)
+
+    # Ties: more seeds is the better-supported mean; then the earliest run, for a stable answer.
+    best = max(groups.values(), key=lambda g: (sign * mean(g), len(g), -min(r.info.start_time for r in g)))
+    run = max(best, key=lambda r: (sign * r.data.metrics[metric], -r.info.start_time))
+    return Pick(run, metric, mean(best), len(best), len(groups))
+
+
+def finished_runs(client: Any, experiment: str, sweep: str | None) -> list[Any]:
+    """The experiment's FINISHED training runs (of one sweep, if given); sweep parent runs left out."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ExportError(f"no experiment named {experiment!r} in {client.tracking_uri} (experiments: {known})")
+    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
+        runs += [r for r in page if r.data.tags.get("labsweep.role") != "sweep"]
+        token = page.token
+        if not token:
+            return runs
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise ExportError(f"no run with id {run_id!r} in {client.tracking_uri} ({exc.message.splitlines()[0]})") from exc
+
+
+def download_checkpoint(client: Any, run_id: str, name: str, dest: Path) -> Path:
+    """The run's checkpoint artifact, downloaded into ``dest``."""
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    if name not in artifacts:
+        listed = ", ".join(sorted(artifacts)) or "no artifacts at all"
+        raise ExportError(f"run {run_id} has no checkpoint artifact {name!r} ({listed}); "
+                          "only runs of labsweep-train that finished have one")  # fmt: skip
+    return Path(client.download_artifacts(run_id, name, str(dest)))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="labsweep-export",
+        description="Export a finished run's model to ONNX, verified against PyTorch with onnxruntime, "
+        "and log it to the run as onnx/model.onnx.",
+        epilog="examples:\n  labsweep-export --best --experiment lab2\n  labsweep-export --run-id 1c2f... --output cnn.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="export this MLflow run")
+    which.add_argument("--best", action="store_true",
+                       help="export the best run of --experiment: the configuration with the best mean --metric over "
+                            "its seeds (runs grouped by their config_hash tag), then its best seed")  # fmt: skip
+    parser.add_argument("--experiment", help="MLflow experiment name (tracking.experiment), for --best")
+    parser.add_argument("--sweep", help="with --best: only the runs of this sweep id (their sweep_id tag)")
+    parser.add_argument("--metric", default="final/test/acc",
+                        help="with --best: the run metric to rank by (default: final/test/acc; a metric named "
+                             "*loss*, *mse* or *error* ranks lowest first)")  # fmt: skip
+    parser.add_argument("--checkpoint", choices=tuple(CHECKPOINTS), default="best",
+                        help="best: the epoch with the lowest test loss (default); last: the final epoch")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the .onnx file (default: outputs/exports/<run_id>.onnx in the project)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's outputs/mlflow.db)")
+    args = parser.parse_args(argv)
+    if args.best and not args.experiment:
+        parser.error("--best needs --experiment NAME")
+    if args.run_id and (args.experiment or args.sweep):
+        parser.error("--experiment and --sweep choose among runs for --best; --run-id names the run itself")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        parser.error(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {args.opset}")
+    return args
+
+
+def choose_run(client: Any, args: argparse.Namespace) -> Any:
+    if args.run_id:
+        run = get_run(client, args.run_id)
+        if run.info.status != "FINISHED":
+            print(f"note: run {args.run_id} is {run.info.status}, not FINISHED", file=sys.stderr)
+        return run
+    runs = finished_runs(client, args.experiment, args.sweep)
+    pick = pick_best(runs, args.metric)
+    if pick is None:
+        where = f"experiment {args.experiment!r}" + (f", sweep {args.sweep}" if args.sweep else "")
+        what = "no FINISHED runs" if not runs else f"no FINISHED run has the metric {args.metric!r}"
+        raise ExportError(f"{what} in {where}: nothing to export")
+    print(pick.explain())
+    return pick.run
+
+
+def export_run(client: Any, run: Any, args: argparse.Namespace) -> Path:
+    """Rebuild the run's model from its checkpoint, export, verify, write ``--output``, log the artifact."""
+    run_id = run.info.run_id
+    output = args.output or PROJECT_ROOT / "outputs" / "exports" / f"{run_id}.onnx"
+    name = CHECKPOINTS[args.checkpoint]
+    with tempfile.TemporaryDirectory(prefix="labsweep-export-") as tmp:
+        model, payload = load_checkpoint(download_checkpoint(client, run_id, name, Path(tmp)))
+        spec = spec_of(payload)
+        class_ids, class_names = payload["class_ids"], payload["class_names"]
+        print(f"rebuilt {notation(spec)} from {name} (epoch {payload.get('epoch', '?')}) of run {run_id}")
+        images, source = verification_images((payload.get("config") or {}).get("dataset") or {}, class_ids)
+        meta = onnx_metadata(spec, class_ids, class_names, run_id=run_id, checkpoint=name)
+        check = export_verified(model, output, images, meta, opset=args.opset, images_source=source)
+        print(f"verified: ONNX checker passed; onnxruntime matches PyTorch on {check.images} at batch sizes "
+              f"{' and '.join(map(str, check.batch_sizes))}: max |Δlogit| {check.max_abs_diff:.2g} ≤ {ATOL:g}, "
+              "same predicted classes" + (f" ({check.near_ties} near-ties)" if check.near_ties else ""))  # fmt: skip
+        artifact = Path(tmp) / ARTIFACT_NAME  # the artifact's name is its file name
+        shutil.copyfile(output, artifact)
+        client.log_artifact(run_id, str(artifact), ARTIFACT_DIR)
+    size_kb = output.stat().st_size / 1024
+    print(f"wrote {output} ({size_kb:,.0f} KiB, opset {args.opset}, input `{INPUT}` (batch, 32, 32, 3) float32 pixels "
+          f"0-255, output `{OUTPUT}` logits of {len(class_ids)} classes) and logged it to run {run_id} as "
+          f"{ARTIFACT_DIR}/{ARTIFACT_NAME}")  # fmt: skip
+    return output
+
+
+def spec_of(payload: Mapping[str, Any]) -> ModelSpec:
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["model"].items() if k in fields})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # One checkpoint file: MLflow's download progress bar would only be noise (an explicit setting wins).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from labsweep.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(args.tracking_uri))
+    try:
+        export_run(client, choose_run(client, args), args)
+    except (ExportError, CheckpointError) as exc:
+        print(f"labsweep-export: {exc}", file=sys.stderr)
+        return 2
+    except VerificationError as exc:
+        print(f"labsweep-export: verification failed, nothing written: {exc}", file=sys.stderr)
+        return 1
+    except MlflowException as exc:  # the store itself failed (unreachable server, permissions, ...)
+        print(f"labsweep-export: MLflow: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
