@@ -288,6 +288,8 @@ def train_classifier(
         raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
     lr = _positive_float(opt.lr, "optimizer.lr")
     device = pick_device(str(cfg.trainer.device))
+    if cfg.trainer.get("threads") is not None:
+        torch.set_num_threads(_positive_int(cfg.trainer.threads, "trainer.threads"))
     resolved, run_key = resolve_and_check_skip(cfg, sweep)  # before loading any data
     data = load_data(cfg.dataset, seed)
     if batch_size > len(data.train_y):
