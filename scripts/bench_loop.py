@@ -27,6 +27,7 @@ from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10, make_sy
 from labsweep.loop import fit  # noqa: E402
 from labsweep.models import ModelSpec, build_model  # noqa: E402
 from labsweep.optimizers import build_optimizer  # noqa: E402
+from labsweep.replicas import Replicas  # noqa: E402
 from labsweep.train import to_splits  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -40,8 +41,9 @@ def run_labsweep(data, *, epochs: int, seed: int, hidden: int = 10, lr: float = 
     optimizer = build_optimizer("sgd", model.net.parameters(), lr=lr)
     start = time.perf_counter()
     train, test = to_splits(model, data, torch.device("cpu"))
-    result = fit(model.net, optimizer, train, test, epochs=epochs, batch_size=batch_size,
-                 generator=torch.Generator().manual_seed(seed), log_metrics=lambda m, s: None, progress=False)  # fmt: skip
+    (result,) = fit(Replicas([model.net], vectorized=False), optimizer, train, test, epochs=epochs,
+                    batch_size=batch_size, generators=[torch.Generator().manual_seed(seed)],
+                    log_metrics=[lambda m, s: None], progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     return {"test/acc": result.history[-1]["test/acc"], "epoch_seconds": seconds / epochs}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from labsweep.atomic import write_text
 
 # Params that never make two rows differ in a way worth a comment.
-QUIET = ("seed", "tracking.", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads", "dataset.root",
+QUIET = ("seed", "tracking.", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads", "trainer.replicas", "dataset.root",
          "dataset.download", "dataset.verify", "dataset.url", "lr_scale.", "derived.", "trainer.iterations")  # fmt: skip
 Z95 = 1.96
 

@@ -10,11 +10,13 @@ import json
 import logging
 import subprocess
 import time
+from contextlib import ExitStack
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -27,11 +29,12 @@ from labsweep.checkpoint import save_checkpoint, save_whole_model
 from labsweep.config import batches_per_epoch
 from labsweep.datasets import DataError, ImageData, VariantRule, load_cifar10, load_cifar100, make_synthetic
 from labsweep.datasets import check_classes, resolve_classes
-from labsweep.loop import Split, evaluate, fit
+from labsweep.loop import Evaluation, FitResult, Split, evaluate, fit
+from labsweep.replicas import Replicas, can_vectorize
 from labsweep.models import MODELS, POOLINGS, Classifier, ModelSpec, build_model, notation
 from labsweep.optimizers import OPTIMIZERS, build_optimizer
 from labsweep.sweep import SweepContext, config_hash, finished_run
-from labsweep.tracking import flatten, tracked_run, tracking_uri
+from labsweep.tracking import RunLogger, flatten, tracked_run, tracking_uri
 
 log = logging.getLogger("labsweep")
 
@@ -278,11 +281,13 @@ def train_scratch(
 def train_classifier(
     cfg: DictConfig, output_dir: Path, choices: Mapping[str, str], overrides: Sequence[str], sweep: SweepContext | None
 ) -> dict[str, float]:
+    """Train ``trainer.replicas`` seeds (``seed``, ``seed``+1, ...) of one configuration at once; each
+    replica is its own MLflow run, exactly as if its seed had been launched on its own."""
     # Validate everything a user can get wrong before an MLflow run exists.
-    seed = int(cfg.seed)
     epochs = _positive_int(cfg.trainer.epochs, "trainer.epochs")
     batch_size = _positive_int(cfg.trainer.batch_size, "trainer.batch_size")
     eval_batch_size = _positive_int(cfg.trainer.eval_batch_size, "trainer.eval_batch_size")
+    num_replicas = _positive_int(cfg.trainer.get("replicas", 1), "trainer.replicas")
     opt = cfg.optimizer
     if opt.name not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {opt.name!r}")
@@ -290,8 +295,8 @@ def train_classifier(
     device = pick_device(str(cfg.trainer.device))
     if cfg.trainer.get("threads") is not None:
         torch.set_num_threads(_positive_int(cfg.trainer.threads, "trainer.threads"))
-    resolved, run_key = resolve_and_check_skip(cfg, sweep)  # before loading any data
-    data = load_data(cfg.dataset, seed)
+    configs = replica_configs(cfg, num_replicas, sweep)  # before loading any data: skipped seeds cost a query
+    data = load_data(cfg.dataset, int(cfg.seed))
     if batch_size > len(data.train_y):
         raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train_y)} images)")
     spec = model_spec(cfg.model, cfg.pooling, data)
@@ -300,67 +305,134 @@ def train_classifier(
         log.info("iteration budget %d at batch size %d on %d images: %d whole epochs give %d iterations",
                  cfg.trainer.iterations, batch_size, len(data.train_y), epochs, iterations)  # fmt: skip
 
-    torch.manual_seed(seed)
-    model = build_model(spec).to(device)
-    optimizer = build_optimizer(opt.name, model.net.parameters(), lr=lr, momentum=float(opt.get("momentum", 0.0)),
+    seeds = list(configs)
+    models = []
+    for seed in seeds:  # replica k is initialised exactly as the single run with its seed
+        torch.manual_seed(seed)
+        models.append(build_model(spec).to(device))
+    net = Replicas([m.net for m in models], vectorized=can_vectorize(models[0].net))
+    optimizer = build_optimizer(opt.name, net.parameters(), lr=lr, momentum=float(opt.get("momentum", 0.0)),
                                 weight_decay=float(opt.get("weight_decay", 0.0)))  # fmt: skip
-    train_split, test_split = to_splits(model, data, device)
+    train_split, test_split = to_splits(models[0], data, device)
     names = reports.target_names(data.class_ids, data.class_names)
     log.info("data: %s, classes %s, %d train / %d test images", data.name, ", ".join(names), len(data.train_y), len(data.test_y))
-    log.info("model: %s on %s, %d parameters", notation(spec), device, sum(p.numel() for p in model.parameters()))
+    log.info("model: %s on %s, %d parameters%s", notation(spec), device, sum(p.numel() for p in models[0].parameters()),
+             f"; {len(seeds)} replicas (seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else "")  # fmt: skip
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tags = job_tags(resolved, run_key, choices, sweep, task="classify", model=spec.name, pooling=spec.pooling,
-                    dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec))  # fmt: skip
-    name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
-    with tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
-                     parent_run_id=sweep.parent_run_id if sweep else None) as run:  # fmt: skip
-        run.log_params(flatten(resolved) | {"derived.iterations": iterations, "derived.train_images": len(data.train_y),
-                                              "derived.test_images": len(data.test_y)})
-        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
-        write_text(output_dir / "model_summary.txt", reports.model_summary(model, device))
+    base_name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
+    derived = {"derived.iterations": iterations, "derived.train_images": len(data.train_y),
+               "derived.test_images": len(data.test_y)}  # fmt: skip
+    with ExitStack() as stack:
+        runs = []
+        for seed, (resolved, run_key) in configs.items():
+            tags = job_tags(resolved, run_key, choices, sweep, task="classify", model=spec.name, pooling=spec.pooling,
+                            dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec))  # fmt: skip
+            name = base_name if len(seeds) == 1 else replica_name(base_name, seed)
+            run = stack.enter_context(tracked_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags,
+                                                  parent_run_id=sweep.parent_run_id if sweep else None))  # fmt: skip
+            run.log_params(flatten(resolved) | derived)
+            runs.append(run)
 
         start = time.perf_counter()
-        result = fit(model.net, optimizer, train_split, test_split, epochs=epochs, batch_size=batch_size,
-                     generator=torch.Generator().manual_seed(seed), log_metrics=run,
-                     eval_batch_size=eval_batch_size, progress=bool(cfg.trainer.progress))  # fmt: skip
+        results = fit(net, optimizer, train_split, test_split, epochs=epochs, batch_size=batch_size,
+                      generators=[torch.Generator().manual_seed(s) for s in seeds], log_metrics=runs,
+                      eval_batch_size=eval_batch_size, progress=bool(cfg.trainer.progress))  # fmt: skip
         seconds = time.perf_counter() - start
+        if all(r.diverged for r in results):
+            raise results[0].diverged  # type: ignore[misc]
+        final_train = evaluate(net, train_split, eval_batch_size)
+        final_test = evaluate(net, test_split, eval_batch_size)
 
-        # Final model: evaluation on both splits, reports and the last checkpoint.
-        final_train = evaluate(model.net, train_split, eval_batch_size)
-        final_test = evaluate(model.net, test_split, eval_batch_size)
-        summary = {
-            "final/train/loss": final_train.loss, "final/train/acc": final_train.acc,
-            "final/test/loss": final_test.loss, "final/test/acc": final_test.acc,
-            "best/epoch": float(result.best_epoch), "best/test/loss": result.best_metrics["test/loss"],
-            "best/test/acc": result.best_metrics["test/acc"], "best/train/acc": result.best_metrics["train/acc"],
-            "time/train_seconds": seconds, "time/epoch_ms": 1000 * seconds / epochs,
-        }  # fmt: skip
-        summary |= reports.write_reports(output_dir, names=names, splits={
-            "train": (data.train_y, final_train.predictions.numpy()),
-            "test": (data.test_y, final_test.predictions.numpy()),
-        })  # fmt: skip
-        reports.save_figure(reports.learning_curves_figure(result.history, result.best_epoch), output_dir / "learning_curves.png")
-        if spec.name == "mlp" and spec.hidden:
-            reports.save_figure(reports.first_layer_figure(model.net[0].weight), output_dir / "first_layer_weights.png")
-        meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": resolved}
-        save_checkpoint(output_dir / "checkpoint_last.pt", model, spec, epoch=epochs, metrics=summary, **meta)
-        model.net.load_state_dict(result.best_state)
-        save_checkpoint(output_dir / "checkpoint_best.pt", model, spec, epoch=result.best_epoch,
-                        metrics=result.best_metrics, **meta)  # fmt: skip
-        save_whole_model(output_dir / "model_best_full.pt", model)  # Lab 2's torch.save(model): see the README
-        write_text(output_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
+        summaries: dict[int, dict[str, float]] = {}
+        for r, (seed, (resolved, _)) in enumerate(configs.items()):
+            if results[r].diverged:
+                continue  # its run is marked FAILED below, once every run has been closed
+            out = output_dir if len(seeds) == 1 else output_dir / f"seed_{seed}"
+            model = Classifier(models[r].normalize, net.single(r))
+            summary = {
+                "final/train/loss": final_train[r].loss, "final/train/acc": final_train[r].acc,
+                "final/test/loss": final_test[r].loss, "final/test/acc": final_test[r].acc,
+                "best/epoch": float(results[r].best_epoch), "best/test/loss": results[r].best_metrics["test/loss"],
+                "best/test/acc": results[r].best_metrics["test/acc"], "best/train/acc": results[r].best_metrics["train/acc"],
+                "time/train_seconds": seconds, "time/epoch_ms": 1000 * seconds / epochs,
+            }  # fmt: skip
+            summary |= write_run_files(out, model, spec, data, names, resolved, results[r], summary,
+                                       final_train[r], final_test[r], epochs, device)  # fmt: skip
+            runs[r](summary, epochs)
+            runs[r].flush()
+            runs[r].log_artifacts(out)
+            summaries[seed] = summary
+            log.info(
+                "%s done in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
+                f"seed {seed}:" if len(seeds) > 1 else "", seconds, summary["time/epoch_ms"], summary["final/test/acc"],
+                summary["final/train/acc"], results[r].best_epoch, summary["best/test/acc"],
+            )  # fmt: skip
+    for run, result in zip(runs, results, strict=True):
+        if result.diverged:  # the other replicas finished; this one's run says why it did not
+            mark_failed(run, str(result.diverged))
+            log.error("seed %s: %s", run.run_id, result.diverged)
+    log.info("MLflow run%s %s in %s (mlflow ui --backend-store-uri %s)", "s" if len(runs) > 1 else "",
+             ", ".join(r.run_id for r in runs), cfg.tracking.experiment, tracking_uri(cfg.tracking.uri))  # fmt: skip
+    first = next(iter(summaries.values()))
+    test_accs = [s["final/test/acc"] for s in summaries.values()]
+    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final/train/acc"]}
 
-        run(summary, epochs)
-        run.flush()
-        run.log_artifacts(output_dir)
-        log.info(
-            "done in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
-            seconds, summary["time/epoch_ms"], final_test.acc, final_train.acc, result.best_epoch, summary["best/test/acc"],
-        )  # fmt: skip
-        log.info("MLflow run %s in %s (mlflow ui --backend-store-uri %s)", run.run_id, cfg.tracking.experiment,
-                 tracking_uri(cfg.tracking.uri))  # fmt: skip
-    return {"test/acc": final_test.acc, "train/acc": final_train.acc, **summary}
+
+def replica_configs(
+    cfg: DictConfig, num_replicas: int, sweep: SweepContext | None
+) -> dict[int, tuple[dict[str, Any], str]]:
+    """Each replica's resolved config (its own seed) and run key, for the seeds still to train. In a
+    sweep, seeds with a FINISHED run are left out, and JobSkipped is raised when none is left."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    configs = {}
+    for seed in range(int(cfg.seed), int(cfg.seed) + num_replicas):
+        replica = {**resolved, "seed": seed}
+        configs[seed] = (replica, config_hash(replica, with_seed=True))
+    if sweep and cfg.tracking.skip_finished:
+        done = {s: finished_run(cfg.tracking.uri, cfg.tracking.experiment, key) for s, (_, key) in configs.items()}
+        if all(done.values()):
+            raise JobSkipped(", ".join(str(r) for r in done.values()))
+        for seed, run_id in done.items():
+            if run_id:
+                log.info("seed %d already has a FINISHED run %s: not training it again", seed, run_id)
+                del configs[seed]
+    return configs
+
+
+def replica_name(base: str, seed: int) -> str:
+    return " ".join([p for p in base.split() if not p.startswith("seed=")] + [f"seed={seed}"])
+
+
+def mark_failed(run: RunLogger, reason: str) -> None:
+    run.client.set_tag(run.run_id, "failure", reason[:5000])
+    run.client.set_terminated(run.run_id, "FAILED")
+
+
+def write_run_files(
+    out: Path, model: Classifier, spec: ModelSpec, data: ImageData, names: Sequence[str], resolved: dict[str, Any],
+    result: FitResult, summary: dict[str, float], final_train: Evaluation, final_test: Evaluation, epochs: int,
+    device: torch.device,
+) -> dict[str, float]:  # fmt: skip
+    """Everything a run leaves behind in ``out``: config, model summary, reports, plots, checkpoints.
+    Returns the per-class metrics of the reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(resolved))
+    write_text(out / "model_summary.txt", reports.model_summary(model, device))
+    per_class = reports.write_reports(out, names=names, splits={
+        "train": (data.train_y, final_train.predictions.numpy()),
+        "test": (data.test_y, final_test.predictions.numpy()),
+    })  # fmt: skip
+    reports.save_figure(reports.learning_curves_figure(result.history, result.best_epoch), out / "learning_curves.png")
+    if spec.name == "mlp" and spec.hidden:
+        reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")
+    meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": resolved}
+    save_checkpoint(out / "checkpoint_last.pt", model, spec, epoch=epochs, metrics=summary | per_class, **meta)
+    model.net.load_state_dict(result.best_state)
+    save_checkpoint(out / "checkpoint_best.pt", model, spec, epoch=result.best_epoch, metrics=result.best_metrics, **meta)
+    save_whole_model(out / "model_best_full.pt", model)  # Lab 2's torch.save(model): see the README
+    write_text(out / "metrics.json", json.dumps(summary | per_class, indent=2, sort_keys=True))
+    return per_class
 
 
 @hydra.main(version_base="1.3", config_path=str(_config.CONFIG_DIR), config_name="config")

@@ -1,0 +1,76 @@
+"""trainer.replicas=K: K seeds of one configuration trained at once, each replica the same model its
+own single run would give (up to floating-point summation order), each its own MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from labsweep.checkpoint import load_checkpoint
+from labsweep.datasets import make_synthetic
+from labsweep.loop import fit
+from labsweep.models import ModelSpec, build_model
+from labsweep.optimizers import build_optimizer
+from labsweep.replicas import Replicas, can_vectorize
+from labsweep.table import build_rows
+from labsweep.train import to_splits, train
+
+DATA = make_synthetic(train_per_class=60, test_per_class=20)
+
+
+def run(spec: ModelSpec, seeds: list[int], optimizer: str = "sgd", epochs: int = 3) -> tuple[list, Replicas]:
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(spec))
+    net = Replicas([m.net for m in models], vectorized=can_vectorize(models[0].net))
+    opt = build_optimizer(optimizer, net.parameters(), lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0)
+    train_split, test_split = to_splits(models[0], DATA, torch.device("cpu"))
+    results = fit(net, opt, train_split, test_split, epochs=epochs, batch_size=32,
+                  generators=[torch.Generator().manual_seed(s) for s in seeds],
+                  log_metrics=[lambda m, s: None] * len(seeds), progress=False)  # fmt: skip
+    return results, net
+
+
+@pytest.mark.parametrize(
+    "spec, optimizer",
+    [
+        (ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=(10,)), "sgd"),
+        (ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=(16, 8)), "adam"),
+        (ModelSpec("cnn", 3, DATA.mean, DATA.std, pooling="max", channels=4), "sgd"),
+    ],
+)
+def test_replica_k_matches_the_single_run_with_its_seed(spec: ModelSpec, optimizer: str) -> None:
+    together, net = run(spec, [0, 1, 2], optimizer)
+    assert net.vectorized == (spec.name == "mlp")
+    for k, seed in enumerate([0, 1, 2]):
+        (alone,), single_net = run(spec, [seed], optimizer)
+        for a, b in zip(together[k].history, alone.history, strict=True):
+            for key in a:
+                assert a[key] == pytest.approx(b[key], abs=2e-5), (seed, key)
+        for name, value in single_net.state(0).items():
+            torch.testing.assert_close(net.state(k)[name], value, atol=2e-5, rtol=1e-4)
+
+
+def test_replicas_log_like_separate_seeds_and_form_one_table_row(compose_cfg, tmp_path: Path) -> None:
+    experiment = "t-replicas"
+    base = ["experiment=smoke", "trainer.epochs=2", "dataset.train_per_class=60", "dataset.test_per_class=20",
+            f"tracking.experiment={experiment}"]  # fmt: skip
+    train(compose_cfg(*base, "trainer.replicas=3"), tmp_path / "together", {"model": "mlp"})
+    train(compose_cfg(*base, "seed=3"), tmp_path / "alone", {"model": "mlp"})  # a separately launched 4th seed
+
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    assert len({r.data.tags["config_hash"] for r in runs}) == 1
+    assert all(r.info.status == "FINISHED" and "final/test/acc" in r.data.metrics for r in runs)
+    (row,) = build_rows(client, experiment)
+    assert row.n == 4
+
+    # Each replica's checkpoint is a plain single model.
+    model, meta = load_checkpoint(tmp_path / "together" / "seed_1" / "checkpoint_best.pt")
+    assert meta["config"]["seed"] == 1
+    assert model(torch.zeros(2, 32, 32, 3)).shape == (2, 3)
