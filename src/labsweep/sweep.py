@@ -24,7 +24,7 @@ log = logging.getLogger("labsweep.sweep")
 
 ENV = "LABSWEEP_SWEEP"  # how jobs (in this process or launched ones) find their sweep
 # Keys that do not change what a job computes: left out of the config hash (the table's row key).
-NOT_PART_OF_RESULT = ("tracking", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads",
+NOT_PART_OF_RESULT = ("tracking", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads", "trainer.replicas",
                       "dataset.root", "dataset.download", "dataset.verify", "dataset.url")  # fmt: skip
 
 
