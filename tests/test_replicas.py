@@ -74,3 +74,17 @@ def test_replicas_log_like_separate_seeds_and_form_one_table_row(compose_cfg, tm
     model, meta = load_checkpoint(tmp_path / "together" / "seed_1" / "checkpoint_best.pt")
     assert meta["config"]["seed"] == 1
     assert model(torch.zeros(2, 32, 32, 3)).shape == (2, 3)
+
+
+def test_diverging_replicas_end_failed_with_the_reason(compose_cfg, tmp_path: Path) -> None:
+    from labsweep.loop import DivergedError
+
+    experiment = "t-replicas-diverge"
+    cfg = compose_cfg("experiment=smoke", "trainer.epochs=3", "trainer.replicas=2", "optimizer.lr=1e12",
+                      f"tracking.experiment={experiment}")  # fmt: skip
+    with pytest.raises(DivergedError, match="diverged at epoch"):
+        train(cfg, tmp_path, {"model": "mlp"})
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 2
+    assert all(r.info.status == "FAILED" and "diverged at epoch" in r.data.tags["failure"] for r in runs)

@@ -1,0 +1,228 @@
+"""labsweep's speed claims, measured in one run on the same data (median and spread over repeats).
+
+    python scripts/bench.py                 # the real CIFAR-10 slice in ../shared/data (3 classes, 1,500 / 300 images)
+    python scripts/bench.py --quick         # fewer epochs and repeats, to try it out
+
+(a) the seed notebook's DataLoader loop vs (b) labsweep's loop, per epoch, Lab 1 MLP;
+(c) K sequential labsweep runs vs one trainer.replicas=K run: throughput in model-epochs per second;
+(d) the Lab 2 CNN: seed loop vs labsweep, per epoch, and the fraction of this CPU's matrix-multiply
+    peak it reaches (peak measured with a large torch.mm);
+(e) a full 250-epoch MLP job end to end (train(): data, training, reports, checkpoints) with and
+    without MLflow (the tracked run swapped for a no-op logger).
+Every line prints the median over repeats with min-max; ratios are medians of per-repeat ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_loop import run_seed_loop  # noqa: E402
+
+from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, ImageData, load_cifar10  # noqa: E402
+from labsweep.loop import fit  # noqa: E402
+from labsweep.models import ModelSpec, build_model  # noqa: E402
+from labsweep.optimizers import build_optimizer  # noqa: E402
+from labsweep.replicas import Replicas, can_vectorize  # noqa: E402
+from labsweep.train import to_splits  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
+    v = [scale * x for x in values]
+    return f"{statistics.median(v):.2f}{unit} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
+
+
+def labsweep_fit(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int, *, optimizer: str = "sgd",
+                 momentum: float = 0.0) -> float:  # fmt: skip
+    """Seconds to train ``len(seeds)`` replicas for ``epochs`` with labsweep's loop (evaluation included)."""
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(build_model(spec))
+    net = Replicas([m.net for m in models], vectorized=can_vectorize(models[0].net))
+    opt = build_optimizer(optimizer, net.parameters(), lr=0.005, momentum=momentum)
+    start = time.perf_counter()
+    train, test = to_splits(models[0], data, torch.device("cpu"))
+    fit(net, opt, train, test, epochs=epochs, batch_size=128, generators=[torch.Generator().manual_seed(s) for s in seeds],
+        log_metrics=[lambda m, s: None] * len(seeds), progress=False)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def seed_cnn_epochs(data: ImageData, epochs: int, seed: int = 0) -> float:
+    """Lab 2's loop as the report wrote it (DataLoader, one-hot targets, .item() per batch); seconds."""
+    from labsweep.models import Normalize, cnn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(Normalize(CIFAR100_MEAN, CIFAR100_STD, "nchw"), cnn("avg", data.num_classes))
+    loaders = {part: DataLoader(TensorDataset(torch.Tensor(x), F.one_hot(torch.tensor(y), data.num_classes) / 1.0),
+                                batch_size=128, shuffle=True)
+               for part, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y))}  # fmt: skip
+    criterion, opt = nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=5e-3, momentum=0.9)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        tmp = []
+        model.train()
+        for inputs, labels in loaders["train"]:
+            opt.zero_grad()
+            outputs = model(inputs)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            opt.step()
+            accuracy = (labels.argmax(-1) == outputs.detach().argmax(-1)).to(torch.float32).mean() * 100
+            tmp.append((loss.item(), accuracy.item()))
+        model.eval()
+        with torch.no_grad():
+            for inputs, labels in loaders["test"]:
+                outputs = model(inputs)
+                tmp.append((criterion(outputs, labels).item(), 0.0))
+    return time.perf_counter() - start
+
+
+def cnn_flops_per_epoch(data: ImageData) -> float:
+    """Multiply-adds x 2 of the Lab 2 CNN's convolutions and linear layer: forward once per image for
+    train and test, plus backward (~2x forward) for train."""
+    conv1 = 8 * 8 * 32 * (5 * 5 * 3)  # output positions x filters x kernel volume
+    conv2 = 8 * 8 * 64 * (3 * 3 * 32)
+    fc = 256 * data.num_classes
+    forward = 2 * (conv1 + conv2 + fc)
+    return forward * (3 * len(data.train_y) + len(data.test_y))
+
+
+def mm_peak(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times)
+
+
+def full_job(tmp: Path, epochs: int, with_mlflow: bool) -> float:
+    """train() end to end on the slice (250-epoch Lab 1 MLP), optionally with MLflow swapped out."""
+    from hydra import compose, initialize_config_dir
+
+    import labsweep.train as job
+    from labsweep.config import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=["experiment=lab1_mlp", "dataset=cifar10_slice", f"trainer.epochs={epochs}",
+                                           "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/bench.db"])  # fmt: skip
+    original = job.tracked_run
+    if not with_mlflow:
+        job.tracked_run = no_tracking  # type: ignore[assignment]
+    try:
+        start = time.perf_counter()
+        job.train(cfg, tmp / f"job-{time.time_ns()}", {"experiment": "lab1_mlp"})
+        return time.perf_counter() - start
+    finally:
+        job.tracked_run = original
+
+
+class _NoOpRun:
+    run_id = "none"
+
+    def __call__(self, metrics: dict, step: int = 0) -> None: ...
+    def flush(self) -> None: ...
+    def log_params(self, params: dict) -> None: ...
+    def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+
+@contextlib.contextmanager
+def no_tracking(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    yield _NoOpRun()
+
+
+def repeat(fn: Callable[[], float], n: int) -> list[float]:
+    return [fn() for _ in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
+    parser.add_argument("--replicas", type=int, default=8)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # the slice's md5 warnings
+    reps, epochs = (2, 20) if args.quick else (3, 50)
+    data = load_cifar10(args.data, [0, 1, 2], verify=False, download=False, max_train_per_class=500, max_test_per_class=100)
+    mlp = ModelSpec("mlp", 3, CIFAR100_MEAN, CIFAR100_STD, hidden=(10,))
+    cnn_spec = ModelSpec("cnn", 3, CIFAR100_MEAN, CIFAR100_STD, pooling="avg")
+    print(f"data: CIFAR-10 slice classes 0-2, {len(data.train_y)} train / {len(data.test_y)} test; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {reps} repeats")  # fmt: skip
+
+    # (a) vs (b), interleaved so both see the same machine.
+    seed_ms, ours_ms = [], []
+    for r in range(reps):
+        seed_ms.append(1000 * run_seed_loop(data.train_x, data.train_y, data.test_x, data.test_y, num_classes=3,
+                                            epochs=epochs, seed=r)["epoch_seconds"])  # fmt: skip
+        ours_ms.append(1000 * labsweep_fit(data, mlp, [r], epochs) / epochs)
+    print(f"(a) seed loop, MLP:      {spread(seed_ms, ' ms/epoch')}")
+    print(f"(b) labsweep loop, MLP:  {spread(ours_ms, ' ms/epoch')}  -> {statistics.median(a / b for a, b in zip(seed_ms, ours_ms)):.2f}x the seed loop")
+
+    # (c) K sequential runs vs one replicas=K run.
+    k = args.replicas
+    seq, together = [], []
+    for r in range(reps):
+        seq.append(sum(labsweep_fit(data, mlp, [s], epochs) for s in range(k)))
+        together.append(labsweep_fit(data, mlp, list(range(k)), epochs))
+    print(f"(c) {k} sequential MLP runs: {spread([k * epochs / s for s in seq], ' model-epochs/s')}")
+    print(f"    replicas={k}:         {spread([k * epochs / s for s in together], ' model-epochs/s')}  -> "
+          f"{statistics.median(s / t for s, t in zip(seq, together)):.2f}x the throughput")  # fmt: skip
+
+    # (d) the CNN.
+    cnn_epochs = max(2, epochs // 10)
+    seed_cnn, ours_cnn = [], []
+    for r in range(reps):
+        seed_cnn.append(1000 * seed_cnn_epochs(data, cnn_epochs, r) / cnn_epochs)
+        ours_cnn.append(1000 * labsweep_fit(data, cnn_spec, [r], cnn_epochs, momentum=0.9) / cnn_epochs)
+    peak = mm_peak()
+    achieved = cnn_flops_per_epoch(data) / (statistics.median(ours_cnn) / 1000)
+    print(f"(d) seed loop, CNN:      {spread(seed_cnn, ' ms/epoch')}")
+    print(f"    labsweep loop, CNN:  {spread(ours_cnn, ' ms/epoch')}  -> {statistics.median(a / b for a, b in zip(seed_cnn, ours_cnn)):.2f}x the seed loop")
+    print(f"    CNN {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of torch.mm's peak {peak / 1e9:.1f} GFLOP/s")
+    k_cnn = 4
+    cnn_seq = [sum(labsweep_fit(data, cnn_spec, [s], cnn_epochs, momentum=0.9) for s in range(k_cnn)) for _ in range(reps)]
+    cnn_vec = []
+    for _ in range(reps):  # the vmapped (grouped-convolution) variant, to show why the CNN does not use it
+        models = [build_model(cnn_spec) for _ in range(k_cnn)]
+        net = Replicas([m.net for m in models], vectorized=True)
+        opt = build_optimizer("sgd", net.parameters(), lr=0.005, momentum=0.9)
+        start = time.perf_counter()
+        train, test = to_splits(models[0], data, torch.device("cpu"))
+        fit(net, opt, train, test, epochs=cnn_epochs, batch_size=128, generators=[torch.Generator().manual_seed(s) for s in range(k_cnn)],
+            log_metrics=[lambda m, s: None] * k_cnn, progress=False)  # fmt: skip
+        cnn_vec.append(time.perf_counter() - start)
+    print(f"    CNN x{k_cnn}: vmapped (grouped convs) {statistics.median(s / v for s, v in zip(cnn_seq, cnn_vec)):.2f}x "
+          f"the throughput of one after another")  # fmt: skip
+
+    # (e) a full 250-epoch job with and without MLflow.
+    with tempfile.TemporaryDirectory() as tmp:
+        full_job(Path(tmp), 2, True)  # create the store once: its schema set-up is a one-time cost
+        with_ml, without = [], []
+        for _ in range(reps):
+            without.append(full_job(Path(tmp), 250, False))
+            with_ml.append(full_job(Path(tmp), 250, True))
+    print(f"(e) 250-epoch MLP job without MLflow: {spread(without, ' s')}")
+    print(f"    with MLflow:                     {spread(with_ml, ' s')}  -> "
+          f"+{100 * (statistics.median(w / o for w, o in zip(with_ml, without)) - 1):.1f}%")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
