@@ -118,7 +118,7 @@ def full_job(tmp: Path, epochs: int, with_mlflow: bool) -> float:
     """train() end to end on the slice (250-epoch Lab 1 MLP), optionally with MLflow swapped out."""
     from hydra import compose, initialize_config_dir
 
-    import labsweep.train as job
+    import labsweep.job as job
     from labsweep.config import CONFIG_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
