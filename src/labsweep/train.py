@@ -31,6 +31,8 @@ def main(cfg: DictConfig) -> float:
 
 def __getattr__(name: str) -> Any:
     """``from labsweep.train import train`` keeps working: the job's names, imported on first use."""
+    if name.startswith("__"):  # tools probing module attributes must not trigger the heavy import
+        raise AttributeError(name)
     from labsweep import job
 
     return getattr(job, name)
