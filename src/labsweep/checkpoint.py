@@ -5,6 +5,8 @@ so evaluation and export rebuild the model from the file alone. Loaded with
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,23 +59,81 @@ def save_whole_model(path: Path, model: Classifier) -> Path:
 
 
 def load_checkpoint(path: Path) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild the model (in eval mode, on the CPU) and return it with the checkpoint's metadata."""
+    """Rebuild the model (in eval mode, on the CPU) and return it with the checkpoint's metadata.
+
+    Everything in the file is checked before it is used: a missing, truncated or foreign file, a
+    pickled Python object (refused by ``weights_only=True`` without running it), a spec naming an
+    unknown model, or weights that do not fit the model raise CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, refused global...
-        raise CheckpointError(f"{path} is not a readable labsweep checkpoint ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError as exc:  # torch's text would suggest weights_only=False: not repeated here
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path} holds a pickled Python object ({found[1]}), and loading one can run any code: refused, "
+                "not loaded. A labsweep checkpoint holds only tensors and plain data: use the checkpoint_best.pt "
+                "or checkpoint_last.pt of a labsweep-train run"
+            ) from exc
+        raise CheckpointError(f"{path} is not a labsweep checkpoint: torch.load cannot read it "
+                              "(a damaged file, or a different kind of file)") from exc  # fmt: skip
+    except Exception as exc:  # a truncated zip, a text file, ...
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else ""
+        raise CheckpointError(f"{path} is not a readable labsweep checkpoint ({type(exc).__name__}: {first}); "
+                              "is it truncated, or a different kind of file?") from exc  # fmt: skip
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a labsweep checkpoint (no '{FORMAT}' format marker)")
-    fields = {f.name for f in dataclasses.fields(ModelSpec)}
-    spec_dict = {k: v for k, v in payload["model"].items() if k in fields}
-    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_dict.items()})
+    spec = _spec(path, payload.get("model"))
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a dict of tensors; the file is damaged or not a labsweep checkpoint")
+    ids, names = payload.get("class_ids"), payload.get("class_names")
+    if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names) == spec.num_classes
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+            and all(isinstance(n, str) for n in names)):  # fmt: skip
+        raise CheckpointError(f"{path}: 'class_ids' and 'class_names' must list the model's {spec.num_classes} "
+                              "classes (integers and names)")  # fmt: skip
     try:
         model = build_model(spec)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # an unknown model or pooling name, impossible sizes
+        raise CheckpointError(f"{path}: cannot rebuild the model it describes: {exc}") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing/unexpected keys, wrong shapes
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        raise CheckpointError(f"{path}: its weights do not fit the {spec.name} model it describes ({details[0]})") from exc
     model.eval()
     return model, payload
+
+
+def _spec(path: Path, model: Any) -> ModelSpec:
+    """The ModelSpec stored in a checkpoint, with its fields type-checked."""
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise CheckpointError(f"{path}: 'model' does not describe a model (no model name)")
+    fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k in fields}
+    try:
+        spec = ModelSpec(**values)
+    except TypeError as exc:  # a required field is missing
+        raise CheckpointError(f"{path}: the model spec is incomplete ({exc})") from exc
+    checks = {
+        "num_classes": isinstance(spec.num_classes, int) and spec.num_classes >= 1,
+        "mean": _numbers(spec.mean, 3),
+        "std": _numbers(spec.std, 3) and all(s > 0 for s in spec.std),
+        "hidden": isinstance(spec.hidden, tuple) and all(isinstance(h, int) and h > 0 for h in spec.hidden),
+        "pooling": isinstance(spec.pooling, str),
+        "channels": isinstance(spec.channels, int) and spec.channels > 0,
+        "dropout": isinstance(spec.dropout, (int, float)) and 0 <= spec.dropout < 1,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise CheckpointError(f"{path}: the model spec has invalid {', '.join(bad)}: {values}")
+    return spec
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return (isinstance(value, tuple) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))  # fmt: skip

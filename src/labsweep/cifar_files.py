@@ -298,6 +298,7 @@ def ensure_dataset(
     with _exclusive(root / f".{spec.archive}.lock"):
         if folder.is_dir():  # another job finished it while we waited
             return folder
+        _remove_leftovers(root, spec)
         if archive.is_file():
             check_md5(archive, spec.archive_md5, verify=verify,
                       fix=f"Delete {archive} so it is downloaded again")
@@ -321,6 +322,19 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(root: Path, spec: CifarLayout) -> None:
+    """Delete what a killed download or extraction left behind: ``.<archive>.*.tmp`` files (up to
+    170 MB each) and ``.<folder>.*.tmp`` folders. Never trusted (the real names appear only by an
+    atomic rename), just litter; called under the lock, so no other job is still writing them."""
+    for pattern in (f".{spec.archive}.*.tmp", f".{spec.folder}.*.tmp"):
+        for leftover in root.glob(pattern):
+            log.info("removing %s, left by an interrupted download or extraction", leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def _download(url: str, archive: Path, expected_md5: str, *, verify: bool) -> None:

@@ -434,11 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from labsweep.tracking import tracking_uri
+    from labsweep import tracking
 
-    client = MlflowClient(tracking_uri(args.tracking_uri))
+    client = tracking.client(args.tracking_uri)  # a brand-new store is set up under a lock
     try:
         export_run(client, choose_run(client, args), args)
     except (ExportError, CheckpointError) as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from labsweep import config as _config  # noqa: F401  (registers the resolvers the config uses)
 from labsweep import reports
@@ -31,13 +32,29 @@ from labsweep.replicas import Replicas, can_vectorize
 from labsweep.models import MODELS, POOLINGS, Classifier, ModelSpec, build_model, notation
 from labsweep.optimizers import OPTIMIZERS, build_optimizer
 from labsweep.sweep import SweepContext, config_hash, finished_run
-from labsweep.tracking import RunLogger, flatten, tracked_run, tracking_uri
+from labsweep.tracking import RunLogger, TrackingError, check_tracking, flatten, tracked_run, tracking_uri
 
 log = logging.getLogger("labsweep")
 
 
 class ConfigError(ValueError):
     """A config value the user can fix; the message names the key."""
+
+
+def seed_of(cfg: DictConfig) -> int:
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    return seed
+
+
+def as_user_error(exc: Exception) -> Exception:
+    """A config value that cannot be resolved is a config error (a message, exit status 2): a resolver's
+    ValueError (epochs_for on an iteration budget under one epoch), an interpolation to a missing key."""
+    if isinstance(exc, InterpolationResolutionError):
+        cause = exc.__cause__
+        return ConfigError(str(cause) if isinstance(cause, ValueError) else str(exc).splitlines()[0])
+    return exc
 
 
 def _positive_int(value: Any, key: str) -> int:
@@ -227,7 +244,7 @@ def train_scratch(
     """The from-scratch labs: hand-written gradients (regression), autograd XOR (binary), NumPy backprop."""
     from labsweep.scratch import numpy_mlp, regression, xor  # imported here: only these tasks need them
 
-    seed = int(cfg.seed)
+    seed = seed_of(cfg)
     hidden = [_positive_int(h, "model.hidden entries") for h in cfg.model.hidden]
     lr = _positive_float(cfg.optimizer.lr, "optimizer.lr")
     ds = cfg.dataset
@@ -252,6 +269,7 @@ def train_scratch(
                   "epochs": _positive_int(cfg.trainer.epochs, "trainer.epochs"), "alpha": lr,
                   "batch_size": _positive_int(cfg.trainer.batch_size, "trainer.batch_size")}
     # fmt: skip
+    check_tracking(cfg.tracking.uri)  # an unreachable server or unusable store fails now, not after training
     resolved, run_key = resolve_and_check_skip(cfg, sweep)
     notation_text = ", ".join(f"FC({n})" for n in (*hidden, outputs))
     tags = job_tags(resolved, run_key, choices, sweep, task=cfg.task, dataset=ds.name, notation=notation_text)
@@ -292,8 +310,9 @@ def train_classifier(
     device = pick_device(str(cfg.trainer.device))
     if cfg.trainer.get("threads") is not None:
         torch.set_num_threads(_positive_int(cfg.trainer.threads, "trainer.threads"))
+    check_tracking(cfg.tracking.uri)  # an unreachable server or unusable store fails now, not after training
     configs = replica_configs(cfg, num_replicas, sweep)  # before loading any data: skipped seeds cost a query
-    data = load_data(cfg.dataset, int(cfg.seed))
+    data = load_data(cfg.dataset, seed_of(cfg))
     if batch_size > len(data.train_y):
         raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(data.train_y)} images)")
     spec = model_spec(cfg.model, cfg.pooling, data)
@@ -383,7 +402,7 @@ def replica_configs(
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     configs = {}
-    for seed in range(int(cfg.seed), int(cfg.seed) + num_replicas):
+    for seed in range(seed_of(cfg), seed_of(cfg) + num_replicas):
         replica = {**resolved, "seed": seed}
         configs[seed] = (replica, config_hash(replica, with_seed=True))
     if sweep and cfg.tracking.skip_finished:
@@ -437,8 +456,9 @@ def run_job(
 ) -> float:
     """Run one job for the Hydra entrypoint; return the objective a Hydra sweeper would optimise."""
     sweep = SweepContext.from_env(job_num) if multirun else None
-    name = run_name(cfg, overrides, choices, sweep.swept if sweep else ())
+    name = " ".join(overrides) or "job"
     try:
+        name = run_name(cfg, overrides, choices, sweep.swept if sweep else ())  # reads derived values: may fail
         result = train(cfg, output_dir, choices, overrides, sweep)
     except JobSkipped as skipped:
         log.info("skipping %s: %s (tracking.skip_finished=false reruns it)", name, skipped)
@@ -446,7 +466,8 @@ def run_job(
             sweep.record("skipped", name=name, run_id=skipped.run_id)
         return float("nan")
     except Exception as exc:
-        user_error = isinstance(exc, (ConfigError, DataError))
+        exc = as_user_error(exc)
+        user_error = isinstance(exc, (ConfigError, DataError, TrackingError))
         if sweep is None:
             if user_error:  # a clear message, no traceback
                 log.error("%s", exc)

@@ -93,7 +93,7 @@ def checkpoint_predictor(path: Path) -> Predictor:
         model, payload = load_checkpoint(path)
     except CheckpointError as exc:
         # torch.load(weights_only=True) refused to unpickle a class, e.g. Lab 2's torch.save(model): model_best_full.pt
-        if isinstance(exc.__cause__, pickle.UnpicklingError) and "Unsupported global" in str(exc.__cause__):
+        if isinstance(exc.__cause__, pickle.UnpicklingError) and "GLOBAL" in str(exc.__cause__):
             raise PredictError(f"{path}: not a labsweep checkpoint: it holds pickled Python objects, and unpickling "
                                "a file can run any code it carries, so it is refused; use the run's "
                                "checkpoint_best.pt (or checkpoint_last.pt) or an exported .onnx") from exc  # fmt: skip

@@ -275,11 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="markdown (default) or CSV")
     args = parser.parse_args(argv)
 
-    from mlflow.tracking import MlflowClient
+    from labsweep import tracking  # imported here: --help stays fast
 
-    from labsweep.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(args.tracking_uri))
+    client = tracking.client(args.tracking_uri)  # a brand-new store is set up under a lock
     rows = build_rows(client, args.experiment, args.sweep)
     if not rows:
         print(f"labsweep-table: no FINISHED runs in experiment {args.experiment!r}"

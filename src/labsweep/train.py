@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from labsweep import config as _config  # registers the resolvers the config uses
 
@@ -25,7 +25,9 @@ def main(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    return run_job(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), list(hc.overrides.task),
+    # As typed: list(hc.overrides.task) would resolve an override that holds an interpolation, trainer.epochs='${...}'.
+    overrides = [str(o) for o in OmegaConf.to_container(hc.overrides.task, resolve=False)]  # type: ignore[union-attr]
+    return run_job(cfg, Path(hc.runtime.output_dir), dict(hc.runtime.choices), overrides,
                    job_num=hc.job.num if multirun else -1, multirun=multirun)  # fmt: skip
 
 

@@ -1,0 +1,258 @@
+"""Bad input through the command line: a mistyped or impossible config value, or an unusable tracking
+store, stops labsweep-train with a message that names the key (or URI) and says what to fix, exit
+status 2 (Hydra's own composition errors: 1), no traceback, and no MLflow run created.
+
+Each case runs ``labsweep-train`` in this process (``labsweep.train.main`` with ``sys.argv``: the
+same Hydra entrypoint as the console script, in a fraction of the time); a few run as real commands."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from labsweep.tracking import TrackingError, check_tracking
+from labsweep.train import main
+
+
+
+def run_count() -> int:
+    """Runs in the session's store, in every experiment."""
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return len(client.search_runs(ids, max_results=50000, run_view_type=ViewType.ALL)) if ids else 0
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """Hydra reconfigures logging for each job it runs; put the test session's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def labsweep_train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, str]:
+    """Run labsweep-train with ``args``; return its exit status and everything it printed."""
+    argv = sys.argv
+    sys.argv = ["labsweep-train", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err
+
+
+def assert_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], status: int,
+                   message: str) -> str:  # fmt: skip
+    before = run_count()
+    code, out = labsweep_train(tmp_path, capsys, *args)
+    assert message in out, out[-3000:]
+    assert code == status, out[-3000:]
+    assert "Traceback" not in out
+    assert run_count() == before  # no MLflow run was created
+    assert not list(tmp_path.rglob("checkpoint_*.pt")) and not list(tmp_path.rglob("metrics.json"))
+    return out
+
+
+SMOKE = ["experiment=smoke", "trainer.progress=false", "tracking.experiment=t-rel-input"]
+CIFAR = ["dataset=cifar100", "trainer.progress=false", "tracking.experiment=t-rel-input"]
+
+CASES = [
+    # Non-positive or non-integer numbers.
+    ([*SMOKE, "optimizer.lr=0"], 2, "optimizer.lr must be a positive number, got 0"),
+    ([*SMOKE, "optimizer.lr=-0.1"], 2, "optimizer.lr must be a positive number, got -0.1"),
+    ([*SMOKE, "optimizer.lr=fast"], 2, "optimizer.lr must be a positive number, got 'fast'"),
+    ([*SMOKE, "trainer.batch_size=0"], 2, "trainer.batch_size must be a positive integer, got 0"),
+    ([*SMOKE, "trainer.batch_size=-32"], 2, "trainer.batch_size must be a positive integer, got -32"),
+    ([*SMOKE, "trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
+    ([*SMOKE, "trainer.epochs=2.5"], 2, "trainer.epochs must be a positive integer, got 2.5"),
+    ([*SMOKE, "trainer.eval_batch_size=0"], 2, "trainer.eval_batch_size must be a positive integer"),
+    ([*SMOKE, "trainer.threads=0"], 2, "trainer.threads must be a positive integer, got 0"),
+    ([*SMOKE, "trainer.replicas=0"], 2, "trainer.replicas must be a positive integer, got 0"),
+    ([*SMOKE, "dataset.train_per_class=0"], 2, "dataset.train_per_class must be a positive integer, got 0"),
+    ([*SMOKE, "dataset.num_classes=1"], 2, "dataset.num_classes must be an integer >= 2, got 1"),
+    # A batch larger than the training set; an iteration budget under one epoch (the sweep file's resolver).
+    ([*SMOKE, "trainer.batch_size=5000"], 2, "trainer.batch_size=5000 is larger than the training set (900 images)"),
+    pytest.param(["sweep=batch_size", "hydra.mode=RUN", "dataset=synthetic", "trainer.iterations=1", *SMOKE[1:]], 2,
+                 "trainer.iterations=1 is less than one epoch at batch size 128", id="iterations-under-one-epoch"),  # fmt: skip
+    pytest.param([*SMOKE, "seed=abc"], 2, "seed must be an integer", id="seed-not-an-integer"),
+    # Unknown names: Hydra's own messages for config groups (exit 1), ours for values.
+    ([*SMOKE, "model=resnet"], 1, "Could not find 'model/resnet'"),
+    ([*SMOKE, "pooling=global"], 1, "Could not find 'pooling/global'"),
+    ([*SMOKE, "optimizer=rmsprop"], 1, "Could not find 'optimizer/rmsprop'"),
+    ([*SMOKE, "dataset=imagenet"], 1, "Could not find 'dataset/imagenet'"),
+    ([*SMOKE, "trainer.epoch=3"], 1, "Could not override 'trainer.epoch'"),  # a typo in a key
+    ([*SMOKE, "model.name=resnet"], 2, "model.name must be one of ('mlp', 'cnn', 'vgg'), got 'resnet'"),
+    ([*SMOKE, "optimizer.name=rmsprop"], 2, "optimizer.name must be one of"),
+    ([*SMOKE, "task=segment"], 2, "task must be one of classify"),
+    # Pooling only where the model has a pooling stage.
+    ([*SMOKE, "pooling=max"], 2, "pooling=max has no effect on model=mlp"),
+    ([*SMOKE, "model=vgg", "pooling=avg"], 2, "pooling=avg has no effect on model=vgg"),
+    ([*SMOKE, "model=cnn", "pooling.name=median"], 2, "pooling=median is not a pooling tactic for model=cnn"),
+    # Hidden sizes.
+    ([*SMOKE, "model.hidden=[10,0]"], 2, "model.hidden entries must be a positive integer, got 0"),
+    ([*SMOKE, "model.hidden=[1.5]"], 2, "model.hidden entries must be a positive integer, got 1.5"),
+    ([*SMOKE, "model.hidden=[ten]"], 2, "model.hidden entries must be a positive integer, got 'ten'"),
+    # Class ids: out of range, repeated, empty, none chosen; the variant rule.
+    ([*CIFAR, "dataset.classes=[0,100,5]"], 2, "dataset.classes=[0, 100, 5]: ids [100] are outside 0..99"),
+    ([*CIFAR, "dataset.classes=[-1,2,3]"], 2, "ids [-1] are outside 0..99"),
+    ([*CIFAR, "dataset.classes=[3,3,7]"], 2, "dataset.classes=[3, 3, 7] lists [3] more than once"),
+    ([*CIFAR, "dataset.classes=[]"], 2, "dataset.classes is empty"),
+    ([*CIFAR, "dataset.classes=[a,b]"], 2, "dataset.classes must hold integer class ids, got 'a'"),
+    ([*SMOKE, "dataset.classes=[4,4,9]"], 2, "dataset.classes=[4, 4, 9] lists [4] more than once"),
+    (CIFAR, 2, "no classes chosen: set dataset.classes=[a,b,c] or dataset.group=G dataset.variant=V"),
+    ([*CIFAR, "dataset.group=90", "dataset.variant=4"], 2, "dataset.group=90 gives class 105 = 90 + 15, outside 0..99"),
+    ([*CIFAR, "dataset.group=1", "dataset.variant=50"], 2, "dataset.variant=50 gives class 106 = 50 + 56"),
+    ([*CIFAR, "dataset.group=41", "dataset.variant=0", "dataset.stream=guimc"], 2, "which repeat a class"),
+    ([*CIFAR, "dataset.group=1", "dataset.variant=2", "dataset.stream=evening"], 2, "dataset.stream='evening' is unknown"),
+    ([*CIFAR, "dataset.group=18"], 2, "dataset.variant is not set"),
+    # Devices.
+    ([*SMOKE, "trainer.device=tpu"], 2, "trainer.device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    pytest.param([*SMOKE, "trainer.device=cuda"], 2, "trainer.device=cuda but no CUDA GPU is available", id="cuda-no-gpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")),
+    pytest.param([*SMOKE, "trainer.device=cuda:3"], 2, "no CUDA GPU", id="cuda3-no-gpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")),
+]
+
+
+@pytest.mark.parametrize("args, status, message", CASES)
+def test_a_bad_value_is_refused_before_any_run(args: list[str], status: int, message: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert_refused(tmp_path, capsys, args, status, message)
+
+
+def test_as_a_command_a_bad_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    before = run_count()
+    proc = subprocess.run([sys.executable, "-m", "labsweep.train", *CIFAR, "dataset.classes=[0,100,5]",
+                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    assert "dataset.classes=[0, 100, 5]: ids [100] are outside 0..99" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert run_count() == before
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_iteration_budget_is_under_one_epoch_makes_no_child_runs(tmp_path: Path) -> None:
+    # 300 images: batch 128, 32, 64 and 256 all take more than 1 iteration an epoch.
+    exp = "t-rel-iterations"
+    proc = subprocess.run([sys.executable, "-m", "labsweep.train", "sweep=batch_size", "dataset=synthetic",
+                           "dataset.train_per_class=100", "trainer.iterations=1", "trainer.progress=false",
+                           f"tracking.experiment={exp}", f"hydra.sweep.dir={tmp_path}/sweep"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "trainer.iterations=1 is less than one epoch at batch size 128" in out
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
+    (parent,) = runs  # the sweep's parent only: no job got as far as a run
+    assert parent.data.tags["labsweep.role"] == "sweep"
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs/failed"] == 4
+    assert "less than one epoch" in parent.data.tags["failure"]
+
+
+# --------------------------------------------------------------------------- the tracking store
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture()
+def http_server() -> Iterator[str]:
+    """A stand-in MLflow server: /health answers 200, /broken/health 503."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(503 if self.path.startswith("/broken") else 200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_tracking(http_server: str, tmp_path: Path) -> None:
+    assert check_tracking(http_server) == http_server
+    with pytest.raises(TrackingError, match=rf"cannot reach the MLflow tracking server {http_server}/broken .*503"):
+        check_tracking(f"{http_server}/broken")
+
+    down = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    with pytest.raises(TrackingError) as info:
+        check_tracking(down)
+    assert time.monotonic() - start < 10  # not MLflow's minutes of retries
+    assert f"cannot reach the MLflow tracking server {down}" in str(info.value)
+    assert "mlflow server" in str(info.value) and "tracking.uri" in str(info.value)
+
+    fresh = f"sqlite:///{tmp_path}/new/folder/mlflow.db"
+    assert check_tracking(fresh) == fresh and (tmp_path / "new" / "folder" / "mlflow.db").is_file()
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(TrackingError, match=r"afile is not a folder"):
+        check_tracking(f"sqlite:///{tmp_path}/afile/mlflow.db")
+    (tmp_path / "notes.db").write_text("these are my notes, not a database\n")
+    with pytest.raises(TrackingError, match=r"notes.db is not an SQLite database"):
+        check_tracking(f"sqlite:///{tmp_path}/notes.db")
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(TrackingError, match=r"dir.db is not a file"):
+        check_tracking(f"sqlite:///{tmp_path}/dir.db")
+    if os.geteuid() != 0:  # root can write anywhere
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(TrackingError, match="is not writable"):
+            check_tracking(f"sqlite:///{tmp_path}/ro/mlflow.db")
+
+
+def test_a_sweep_with_an_unreachable_server_stops_before_any_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    out = assert_refused(tmp_path, capsys, ["-m", *SMOKE, "seed=0,1", f"tracking.uri={uri}"], 2,
+                         f"cannot reach the MLflow tracking server {uri}")  # fmt: skip
+    assert time.monotonic() - start < 30
+    assert "Launching" not in out  # no job started
+
+
+def test_a_job_with_an_unreachable_server_stops_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # Without the check, MLflow's client would retry for minutes (measured: 247 s) before failing after
+    # training; no retries here, so that this test is quick either way.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    out = assert_refused(tmp_path, capsys, [*SMOKE, f"tracking.uri={uri}"], 2, f"cannot reach the MLflow tracking server {uri}")
+    assert time.monotonic() - start < 30
+    assert "data: synthetic" not in out  # stopped before loading data
+
+
+def test_a_job_with_an_unusable_sqlite_store_stops_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n")
+    out = assert_refused(tmp_path, capsys, [*SMOKE, f"tracking.uri=sqlite:///{tmp_path}/notes.db"], 2,
+                         f"{tmp_path}/notes.db is not an SQLite database")  # fmt: skip
+    assert "data: synthetic" not in out
