@@ -69,18 +69,17 @@ def train_epoch(
     losses = torch.empty(k, num_batches, device=device)
     accs = torch.empty(k, num_batches, device=device)
     for i in range(num_batches):
-        idx = order[:, i * batch_size : (i + 1) * batch_size]  # (K, b)
+        idx = order[:, i * batch_size : (i + 1) * batch_size].reshape(-1)  # the K batches one after another
         # index_select gathers rows about 4x faster than x[idx] on the CPU (measured: 38 vs 153 us for 128x3072).
-        xb = train.x.index_select(0, idx.flatten()).unflatten(0, idx.shape)  # (K, b, ...)
-        yb = train.y.index_select(0, idx.flatten()).view(idx.shape)  # (K, b)
-        logits = net(xb)  # (K, b, classes)
+        xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        logits = net(xb)  # (K*b, classes)
         # Each replica's own mean loss; their sum gives every replica exactly its single-run gradient.
-        loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(idx.shape).mean(1)
+        loss = F.cross_entropy(logits, yb, reduction="none").view(k, -1).mean(1)  # (K,)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         optimizer.step()
         losses[:, i] = loss.detach()
-        accs[:, i] = (logits.detach().argmax(-1) == yb).float().mean(1)
+        accs[:, i] = (logits.detach().argmax(-1) == yb).float().view(k, -1).mean(1)
     stats = torch.stack([losses, accs]).cpu()  # (2, K, batches)
     q25, q75 = torch.quantile(stats, torch.tensor([0.25, 0.75]), dim=2)
     mean = stats.mean(dim=2)

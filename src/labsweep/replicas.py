@@ -1,8 +1,9 @@
 """Several independent copies of one network trained at once (``trainer.replicas=K``).
 
 Replica k has its own initialisation and its own batch order; the loss is the sum of the replicas'
-own mean losses, so each replica's gradient is exactly the one its single run would get. Maps
-(K, B, ...) -> (K, B, classes), or a shared (B, ...) -> (K, B, classes) for evaluation.
+own mean losses, so each replica's gradient is exactly the one its single run would get. Maps the
+K batches laid one after another, (K*b, ...) -> (K*b, classes), or one shared (b, ...) batch ->
+(K, b, classes) for evaluation. With K=1 it is the plain network.
 
 Two ways to run the K copies, chosen by measurement (scripts/bench.py):
 - ``vectorized`` (MLPs): each Linear's weights stacked into one (K, out, in) tensor and applied to
@@ -41,18 +42,23 @@ class Replicas(nn.Module):
             self.nets = nn.ModuleList(nets)
 
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
-        """``x``: (K, B, ...) one batch per replica, or with ``shared`` one (B, ...) batch for all."""
-        if self.k == 1:  # an ordinary run: no stacking
-            return self.nets[0](x if shared else x[0]).unsqueeze(0)
+        """``x``: the K replicas' batches one after another, (K*b, ...) -> (K*b, classes); or with
+        ``shared`` one (b, ...) batch for all replicas -> (K, b, classes)."""
+        if self.k == 1:  # an ordinary run: the plain network, nothing added per batch
+            out = self.nets[0](x)
+            return out.unsqueeze(0) if shared else out
         if not self.vectorized:
-            return torch.stack([net(x if shared else x[k]) for k, net in enumerate(self.nets)])
-        h = (x.expand(self.k, *x.shape) if shared else x).transpose(1, 2)  # (K, in, B)
+            parts = [x] * self.k if shared else x.chunk(self.k)
+            out = torch.stack([net(part) for net, part in zip(self.nets, parts, strict=True)])
+            return out if shared else out.flatten(0, 1)
+        h = (x.expand(self.k, *x.shape) if shared else x.unflatten(0, (self.k, -1))).transpose(1, 2)  # (K, in, b)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b, w, h)  # (K, out, in) @ (K, in, B) + (K, out, 1) -> (K, out, B)
+            h = torch.baddbmm(b, w, h)  # (K, out, in) @ (K, in, b) + (K, out, 1) -> (K, out, b)
             if i < last:
                 h = h.relu()
-        return h.transpose(1, 2)  # (K, B, classes)
+        out = h.transpose(1, 2)  # (K, b, classes)
+        return out if shared else out.flatten(0, 1)
 
     def state(self, k: int) -> dict[str, torch.Tensor]:
         """A copy of replica ``k``'s state_dict, with a plain network's keys."""
