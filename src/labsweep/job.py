@@ -379,8 +379,8 @@ def train_classifier(
             runs[r].log_artifacts(out)
             summaries[seed] = summary
             log.info(
-                "%s done in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
-                f"seed {seed}:" if len(seeds) > 1 else "", seconds, summary["time/epoch_ms"], summary["final/test/acc"],
+                "%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
+                f"seed {seed}: " if len(seeds) > 1 else "", seconds, summary["time/epoch_ms"], summary["final/test/acc"],
                 summary["final/train/acc"], results[r].best_epoch, summary["best/test/acc"],
             )  # fmt: skip
     for run, result in zip(runs, results, strict=True):
