@@ -94,7 +94,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_exits_non_zero(tmp
 
 
 def _create(name: str) -> str:
-    return experiment_id(MlflowClient(), name)
+    from labsweep.tracking import client
+
+    return experiment_id(client(), name)  # client(): a fresh store is set up once, under a lock
 
 
 def test_parallel_jobs_create_the_same_experiment_once() -> None:

@@ -309,18 +309,12 @@ def pick_best(runs: Sequence[Any], metric: str) -> Pick | None:
 
 def finished_runs(client: Any, experiment: str, sweep: str | None) -> list[Any]:
     """The experiment's FINISHED training runs (of one sweep, if given); sweep parent runs left out."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise ExportError(f"no experiment named {experiment!r} in {client.tracking_uri} (experiments: {known})")
-    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get("labsweep.role") != "sweep"]
-        token = page.token
-        if not token:
-            return runs
+    from labsweep.tracking import finished_runs as fetch
+
+    try:
+        return fetch(client, experiment, sweep)
+    except LookupError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def get_run(client: Any, run_id: str) -> Any:

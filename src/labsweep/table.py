@@ -67,19 +67,12 @@ def standard_error(row: Row) -> float:
 
 
 def _fetch_runs(client, experiment: str, sweep: str | None) -> list:  # type: ignore[no-untyped-def]
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise SystemExit(f"labsweep-table: no experiment named {experiment!r} in {client.tracking_uri}")
-    query = "attributes.status = 'FINISHED'"
-    if sweep:
-        query += f" and tags.sweep_id = '{sweep}'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get("labsweep.role") != "sweep"]
-        token = page.token
-        if not token:
-            return runs
+    from labsweep.tracking import finished_runs
+
+    try:
+        return finished_runs(client, experiment, sweep)
+    except LookupError as exc:
+        raise SystemExit(f"labsweep-table: {exc}") from None
 
 
 def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]:  # type: ignore[no-untyped-def]

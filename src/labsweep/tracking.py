@@ -227,6 +227,23 @@ def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             delay = min(2 * delay, 5.0)
 
 
+def finished_runs(client: MlflowClient, experiment: str, sweep: str | None = None) -> list[Any]:
+    """The experiment's FINISHED training runs (of one sweep, if given), sweep parent runs left out.
+    An unknown experiment is a LookupError naming the experiments the store has."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise LookupError(f"no experiment named {experiment!r} in {client.tracking_uri} (experiments: {known})")
+    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
+        runs += [r for r in page if r.data.tags.get("labsweep.role") != "sweep"]
+        token = page.token
+        if not token:
+            return runs
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of experiment ``name``, created if missing. Safe when parallel jobs race to create it."""
     found = client.get_experiment_by_name(name)
