@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import subprocess
 import sys
 from pathlib import Path
