@@ -11,7 +11,6 @@ half-written.
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import signal
@@ -19,15 +18,15 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cifar_fixtures import make_archive, make_raw_archive, tampered_batch, write_cifar100, write_pickle
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
+from store_helpers import keep_logging, run_count  # noqa: F401  (keep_logging: an autouse fixture)
 
 from labsweep import cifar_files
 from labsweep.atomic import atomic_path, write_text
@@ -36,22 +35,6 @@ from labsweep.export import export_verified, main as export_main, onnx_metadata
 from labsweep.models import ModelSpec, build_model
 from labsweep.predict import main as predict_main
 from labsweep.train import main as train_main
-
-
-def run_count() -> int:
-    client = MlflowClient()
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    return len(client.search_runs(ids, max_results=50000, run_view_type=ViewType.ALL)) if ids else 0
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """Hydra reconfigures logging for each job it runs; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # --------------------------------------------------------------------------- data files, through labsweep-train

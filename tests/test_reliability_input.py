@@ -8,7 +8,6 @@ same Hydra entrypoint as the console script, in a fraction of the time); a few r
 from __future__ import annotations
 
 import http.server
-import logging
 import os
 import socket
 import subprocess
@@ -20,29 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
+from store_helpers import keep_logging, run_count  # noqa: F401  (keep_logging: an autouse fixture)
 
 from labsweep.tracking import TrackingError, check_tracking
 from labsweep.train import main
-
-
-
-def run_count() -> int:
-    """Runs in the session's store, in every experiment."""
-    client = MlflowClient()
-    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    return len(client.search_runs(ids, max_results=50000, run_view_type=ViewType.ALL)) if ids else 0
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """Hydra reconfigures logging for each job it runs; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def labsweep_train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, str]:
