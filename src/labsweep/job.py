@@ -210,19 +210,6 @@ def train(
     raise ConfigError(f"task must be one of classify, {', '.join(SCRATCH_TASKS)}; got {cfg.task!r}")
 
 
-def resolve_and_check_skip(cfg: DictConfig, sweep: SweepContext | None) -> tuple[dict[str, Any], str]:
-    """The resolved config and its run key (config hash with the seed). In a sweep, raise JobSkipped
-    when a FINISHED run already has this exact configuration (a query, before any data is loaded)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    run_key = config_hash(resolved, with_seed=True)
-    if sweep and cfg.tracking.skip_finished:
-        done = finished_run(cfg.tracking.uri, cfg.tracking.experiment, run_key)
-        if done:
-            raise JobSkipped(done)
-    return resolved, run_key
-
-
 def job_tags(resolved: dict[str, Any], run_key: str, choices: Mapping[str, str], sweep: SweepContext | None,
              **extra: Any) -> dict[str, Any]:  # fmt: skip
     """Tags every run carries: the group choices, the table's row key, the sweep, the code version."""
@@ -270,7 +257,7 @@ def train_scratch(
                   "batch_size": _positive_int(cfg.trainer.batch_size, "trainer.batch_size")}
     # fmt: skip
     check_tracking(cfg.tracking.uri)  # an unreachable server or unusable store fails now, not after training
-    resolved, run_key = resolve_and_check_skip(cfg, sweep)
+    ((resolved, run_key),) = replica_configs(cfg, 1, sweep).values()  # one seed; skip it if it already finished
     notation_text = ", ".join(f"FC({n})" for n in (*hidden, outputs))
     tags = job_tags(resolved, run_key, choices, sweep, task=cfg.task, dataset=ds.name, notation=notation_text)
     name = cfg.tracking.run_name or run_name(cfg, overrides, choices, sweep.swept if sweep else ())
