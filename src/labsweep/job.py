@@ -6,7 +6,6 @@ it is ``labsweep.train.main``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import subprocess
@@ -151,7 +150,6 @@ def to_splits(model: Classifier, data: ImageData, device: torch.device) -> tuple
         )
 
 
-@functools.cache  # one subprocess per process, not one per run
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_config.PROJECT_ROOT, capture_output=True, text=True, timeout=5)
