@@ -27,7 +27,7 @@ from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10, make_sy
 from labsweep.loop import fit  # noqa: E402
 from labsweep.models import ModelSpec, build_model  # noqa: E402
 from labsweep.optimizers import build_optimizer  # noqa: E402
-from labsweep.replicas import Replicas  # noqa: E402
+from labsweep.replicas import replicate  # noqa: E402
 from labsweep.train import to_splits  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,10 +38,11 @@ def run_labsweep(data, *, epochs: int, seed: int, hidden: int = 10, lr: float = 
     # The seed normalises with CIFAR-100's constants whatever the data: do the same for a fair comparison.
     spec = ModelSpec("mlp", data.num_classes, CIFAR100_MEAN, CIFAR100_STD, hidden=(hidden,))
     model = build_model(spec)
-    optimizer = build_optimizer("sgd", model.net.parameters(), lr=lr)
+    net = replicate([model.net])
+    optimizer = build_optimizer("sgd", net.parameters(), lr=lr)
+    train, test = to_splits(model, data, torch.device("cpu"))  # set-up: outside the time, as in the seed loop
     start = time.perf_counter()
-    train, test = to_splits(model, data, torch.device("cpu"))
-    (result,) = fit(Replicas([model.net], vectorized=False), optimizer, train, test, epochs=epochs,
+    (result,) = fit(net, optimizer, train, test, epochs=epochs,
                     batch_size=batch_size, generators=[torch.Generator().manual_seed(seed)],
                     log_metrics=[lambda m, s: None], progress=False)  # fmt: skip
     seconds = time.perf_counter() - start

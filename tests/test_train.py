@@ -17,7 +17,7 @@ from labsweep.datasets import DataError, make_synthetic
 from labsweep.loop import fit
 from labsweep.models import ModelSpec, build_model
 from labsweep.optimizers import build_optimizer
-from labsweep.replicas import Replicas
+from labsweep.replicas import replicate
 from labsweep.train import ConfigError, to_splits, train
 
 CHOICES = {"dataset": "synthetic", "model": "mlp", "optimizer": "sgd", "pooling": "default", "experiment": "smoke"}
@@ -77,9 +77,9 @@ def test_same_config_and_seed_give_the_same_metrics() -> None:
         torch.manual_seed(seed)
         model = build_model(ModelSpec("mlp", 3, data.mean, data.std, hidden=(10,)))
         train_split, test_split = to_splits(model, data, torch.device("cpu"))
-        return fit(Replicas([model.net], vectorized=False), build_optimizer("sgd", model.net.parameters(), lr=0.005),
-                   train_split, test_split, epochs=3, batch_size=32, generators=[torch.Generator().manual_seed(seed)],
-                   log_metrics=[lambda m, s: None], progress=False)[0].history  # fmt: skip
+        net = replicate([model.net])
+        return fit(net, build_optimizer("sgd", net.parameters(), lr=0.005), train_split, test_split, epochs=3,
+                   batch_size=32, generators=[torch.Generator().manual_seed(seed)], log_metrics=[lambda m, s: None], progress=False)[0].history  # fmt: skip
 
     assert history(0) == history(0)
     assert history(0) != history(1)
@@ -92,9 +92,9 @@ def test_golden_losses_of_a_seeded_few_epoch_run(compose_cfg, tmp_path: Path) ->
     torch.manual_seed(7)
     model = build_model(ModelSpec("mlp", 3, data.mean, data.std, hidden=(10,)))
     train_split, test_split = to_splits(model, data, torch.device("cpu"))
-    fit(Replicas([model.net], vectorized=False), build_optimizer("sgd", model.net.parameters(), lr=0.005), train_split,
-        test_split, epochs=3, batch_size=128, generators=[torch.Generator().manual_seed(7)],
-        log_metrics=[lambda m, s: logged.append((m, s))], progress=False)  # fmt: skip
+    net = replicate([model.net])
+    fit(net, build_optimizer("sgd", net.parameters(), lr=0.005), train_split, test_split, epochs=3, batch_size=128,
+        generators=[torch.Generator().manual_seed(7)], log_metrics=[lambda m, s: logged.append((m, s))], progress=False)  # fmt: skip
     train_losses = [round(m["train/loss"], 4) for m, _ in logged]
     test_losses = [round(m["test/loss"], 4) for m, _ in logged]
     assert [s for _, s in logged] == [1, 2, 3]

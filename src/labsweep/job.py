@@ -28,7 +28,7 @@ from labsweep.config import batches_per_epoch
 from labsweep.datasets import DataError, ImageData, VariantRule, load_cifar10, load_cifar100, make_synthetic
 from labsweep.datasets import check_classes, resolve_classes
 from labsweep.loop import Evaluation, FitResult, Split, evaluate, fit
-from labsweep.replicas import Replicas, can_vectorize
+from labsweep.replicas import replicate
 from labsweep.models import MODELS, POOLINGS, Classifier, ModelSpec, build_model, notation
 from labsweep.optimizers import OPTIMIZERS, build_optimizer
 from labsweep.sweep import SweepContext, config_hash, finished_run
@@ -313,7 +313,7 @@ def train_classifier(
     for seed in seeds:  # replica k is initialised exactly as the single run with its seed
         torch.manual_seed(seed)
         models.append(build_model(spec).to(device))
-    net = Replicas([m.net for m in models], vectorized=can_vectorize(models[0].net))
+    net = replicate([m.net for m in models])
     optimizer = build_optimizer(opt.name, net.parameters(), lr=lr, momentum=float(opt.get("momentum", 0.0)),
                                 weight_decay=float(opt.get("weight_decay", 0.0)))  # fmt: skip
     train_split, test_split = to_splits(models[0], data, device)

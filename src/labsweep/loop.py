@@ -72,14 +72,8 @@ def train_epoch(
         idx = order[:, i * batch_size : (i + 1) * batch_size].reshape(-1)  # the K batches one after another
         # index_select gathers rows about 4x faster than x[idx] on the CPU (measured: 38 vs 153 us for 128x3072).
         xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
-        logits = net(xb)  # (K*b, classes)
-        # Each replica's own mean loss; their sum gives every replica exactly its single-run gradient.
-        loss = F.cross_entropy(logits, yb, reduction="none").view(k, -1).mean(1)  # (K,)
-        optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        losses[:, i], accs[:, i] = net.compute_gradients(xb, yb)
         optimizer.step()
-        losses[:, i] = loss.detach()
-        accs[:, i] = (logits.detach().argmax(-1) == yb).float().view(k, -1).mean(1)
     stats = torch.stack([losses, accs]).cpu()  # (2, K, batches)
     q25, q75 = torch.quantile(stats, torch.tensor([0.25, 0.75]), dim=2)
     mean = stats.mean(dim=2)
@@ -98,10 +92,10 @@ def evaluate(net: Replicas, split: Split, batch_size: int = 2048) -> list[Evalua
     total_loss = torch.zeros(net.k, device=split.x.device)
     predictions = []
     for start in range(0, len(split.y), batch_size):
-        logits = net(split.x[start : start + batch_size], shared=True)  # (K, b, classes)
+        logits = net(split.x[start : start + batch_size])  # (K, b, classes)
         yb = split.y[start : start + batch_size]
         total_loss += F.cross_entropy(logits.transpose(1, 2), yb.expand(net.k, -1), reduction="none").sum(1)
-        predictions.append(logits.argmax(-1))
+        predictions.append(logits.max(-1).indices)  # argmax: max(...).indices is much faster on strided logits
     pred = torch.cat(predictions, dim=1)  # (K, N)
     acc = (pred == split.y).float().mean(1).tolist()
     loss = (total_loss / len(split.y)).tolist()
