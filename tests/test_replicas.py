@@ -3,6 +3,7 @@ own single run would give (up to floating-point summation order), each its own M
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,23 @@ def test_diverging_replicas_end_failed_with_the_reason(compose_cfg, tmp_path: Pa
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 2
     assert all(r.info.status == "FAILED" and "diverged at epoch" in r.data.tags["failure"] for r in runs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (trainer.device=auto picks it)")
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_replicas_on_the_gpu_compute_what_they_compute_on_the_cpu(name: str) -> None:
+    spec = ModelSpec(name, 3, DATA.mean, DATA.std, hidden=(16,), pooling="avg", channels=4)
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        models.append(build_model(spec))
+    cpu_split, _ = to_splits(models[0], DATA, torch.device("cpu"))
+    x, y = cpu_split.x[:64], cpu_split.y[:64]
+    on_cpu = replicate([m.net for m in models])
+    on_gpu = replicate([copy.deepcopy(m.net).cuda() for m in models])
+    loss_cpu, acc_cpu = on_cpu.compute_gradients(x, y)
+    loss_gpu, acc_gpu = on_gpu.compute_gradients(x.cuda(), y.cuda())
+    torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, atol=1e-4, rtol=1e-4)
+    for (_, a), (_, b) in zip(on_cpu.named_parameters(), on_gpu.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(on_gpu(x[:10].cuda()).cpu(), on_cpu(x[:10]), atol=1e-4, rtol=1e-4)

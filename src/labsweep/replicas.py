@@ -17,9 +17,12 @@ two operations, whatever the network:
   epoch: 6.8 ms against 4.7 ms per epoch written out (compute alone, the products and the batch
   gather: 4.0 ms). The (K, batch, features) layout that ``torch.func.vmap`` produces took 4.2 ms
   against 1.2 ms for K=5, its weight gradient being a slow transposed ``bmm``.
-- ``ModuleReplicas`` for everything else: a loop over plain copies with autograd. Vmapped
-  (grouped) convolutions gained only 1.18-1.24x for K=4 CNNs, and nets with BatchNorm or Dropout
-  need their buffers and randomness to behave exactly as in a single run.
+  Measured and not taken: oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, an internal op)
+  for the products, 10% faster at K=1 but slower at K=8 (one call per replica).
+- ``ModuleReplicas`` for everything else: a loop over plain copies with autograd. Vmapped (grouped)
+  convolutions, each replica on its own batches, reached only 0.75-0.81x the throughput of this loop
+  for K=4 CNNs; and nets with BatchNorm or Dropout need their buffers and randomness to behave
+  exactly as in a single run.
 """
 
 from __future__ import annotations
