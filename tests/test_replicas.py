@@ -70,7 +70,8 @@ def threads(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("hidden", [(), (10,), (16, 8)])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("threads", [1, 4], indirect=True)  # 4 threads: each batch cut into 4 // K pieces
-def test_hand_written_mlp_gradients_equal_autograd(hidden: tuple[int, ...], k: int, threads: int) -> None:
+@pytest.mark.parametrize("batch", [32, 30, 31])  # 30: cut into 3 pieces, not 4; 31: not cut at all
+def test_hand_written_mlp_gradients_equal_autograd(hidden: tuple[int, ...], k: int, threads: int, batch: int) -> None:
     spec = ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=hidden)
     models = []
     for seed in range(k):
@@ -78,7 +79,7 @@ def test_hand_written_mlp_gradients_equal_autograd(hidden: tuple[int, ...], k: i
         models.append(build_model(spec))
     net = replicate([m.net for m in models])
     train_split, _ = to_splits(models[0], DATA, torch.device("cpu"))
-    batches = torch.randperm(len(train_split.y), generator=torch.Generator().manual_seed(0))[: 32 * k]
+    batches = torch.randperm(len(train_split.y), generator=torch.Generator().manual_seed(0))[: batch * k]
     x, y = train_split.x[batches], train_split.y[batches]
 
     loss, acc = net.compute_gradients(x, y)
