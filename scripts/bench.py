@@ -34,7 +34,7 @@ from seed_loop import run_seed_loop  # noqa: E402
 
 from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, ImageData, load_cifar10  # noqa: E402
 from labsweep.loop import fit, train_epoch  # noqa: E402
-from labsweep.models import ModelSpec, build_model  # noqa: E402
+from labsweep.models import Classifier, ModelSpec, build_model  # noqa: E402
 from labsweep.optimizers import build_optimizer  # noqa: E402
 from labsweep.replicas import replicate  # noqa: E402
 from labsweep.train import to_splits  # noqa: E402
@@ -47,33 +47,37 @@ def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
     return f"{statistics.median(v):.2f}{unit} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
 
 
-def labsweep_fit(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int, *, optimizer: str = "sgd",
-                 momentum: float = 0.0) -> float:  # fmt: skip
-    """Seconds to train ``len(seeds)`` replicas for ``epochs`` with labsweep's loop (evaluation included; the
-    one-off set-up excluded, as it is from the seed loop's time)."""
+def seeded_models(spec: ModelSpec, seeds: list[int]) -> list[Classifier]:
+    """One model per seed, each initialised exactly as labsweep initialises that seed's run."""
     models = []
     for seed in seeds:
         torch.manual_seed(seed)
         models.append(build_model(spec))
+    return models
+
+
+def labsweep_setup(data: ImageData, spec: ModelSpec, seeds: list[int], momentum: float = 0.0):  # type: ignore[no-untyped-def]
+    """labsweep's one-off set-up (outside every timer, as the seed loop's tensors and loaders are):
+    the replicas, their SGD optimizer, both splits and each replica's batch-order generator."""
+    models = seeded_models(spec, seeds)
     net = replicate([m.net for m in models])
-    opt = build_optimizer(optimizer, net.parameters(), lr=0.005, momentum=momentum)
-    train, test = to_splits(models[0], data, torch.device("cpu"))  # set-up, like the seed loop's tensors and loaders
+    opt = build_optimizer("sgd", net.parameters(), lr=0.005, momentum=momentum)
+    train, test = to_splits(models[0], data, torch.device("cpu"))
+    return net, opt, train, test, [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def labsweep_fit(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int, *, momentum: float = 0.0) -> float:
+    """Seconds to train ``len(seeds)`` replicas for ``epochs`` with labsweep's loop (evaluation included)."""
+    net, opt, train, test, generators = labsweep_setup(data, spec, seeds, momentum)
     start = time.perf_counter()
-    fit(net, opt, train, test, epochs=epochs, batch_size=128, generators=[torch.Generator().manual_seed(s) for s in seeds],
+    fit(net, opt, train, test, epochs=epochs, batch_size=128, generators=generators,
         log_metrics=[lambda m, s: None] * len(seeds), progress=False)  # fmt: skip
     return time.perf_counter() - start
 
 
 def labsweep_train_only(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int) -> float:
     """Seconds for ``epochs`` of labsweep's train_epoch alone (no evaluation), momentum SGD as in Lab 2."""
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        models.append(build_model(spec))
-    net = replicate([m.net for m in models])
-    opt = build_optimizer("sgd", net.parameters(), lr=0.005, momentum=0.9)
-    train, _ = to_splits(models[0], data, torch.device("cpu"))
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    net, opt, train, _, generators = labsweep_setup(data, spec, seeds, momentum=0.9)
     start = time.perf_counter()
     for _ in range(epochs):
         train_epoch(net, opt, train, 128, generators)
@@ -115,11 +119,7 @@ def vmapped_cnn_seconds(data: ImageData, spec: ModelSpec, k: int, epochs: int) -
     grouped ones): the alternative to labsweep's one-after-another CNN replicas, measured and not taken."""
     from torch.func import functional_call, stack_module_state, vmap
 
-    nets = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        nets.append(build_model(spec).net)
-    params, buffers = stack_module_state(nets)
+    params, buffers = stack_module_state([m.net for m in seeded_models(spec, list(range(k)))])
     base = build_model(spec).net.to("meta")
     model = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, 0))
     opt = build_optimizer("sgd", list(params.values()), lr=0.005, momentum=0.9)

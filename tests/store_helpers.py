@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
+
+from labsweep.train import main
 
 
 def run_count() -> int:
@@ -25,3 +29,16 @@ def keep_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def labsweep_train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, str]:
+    """Run labsweep-train with ``args``; return its exit status and everything it printed."""
+    argv = sys.argv
+    sys.argv = ["labsweep-train", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out + captured.err

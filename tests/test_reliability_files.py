@@ -26,7 +26,7 @@ import pytest
 import torch
 from cifar_fixtures import make_archive, make_raw_archive, tampered_batch, write_cifar100, write_pickle
 from mlflow.tracking import MlflowClient
-from store_helpers import keep_logging, run_count  # noqa: F401  (keep_logging: an autouse fixture)
+from store_helpers import keep_logging, labsweep_train, run_count  # noqa: F401  (keep_logging: an autouse fixture)
 
 from labsweep import cifar_files
 from labsweep.atomic import atomic_path, write_text
@@ -34,7 +34,6 @@ from labsweep.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from labsweep.export import export_verified, main as export_main, onnx_metadata
 from labsweep.models import ModelSpec, build_model
 from labsweep.predict import main as predict_main
-from labsweep.train import main as train_main
 
 
 # --------------------------------------------------------------------------- data files, through labsweep-train
@@ -42,17 +41,9 @@ from labsweep.train import main as train_main
 
 def train_on(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[object, str]:
     """``labsweep-train dataset=cifar100 dataset.classes=[0,1,2] dataset.root=ROOT ...`` in this process."""
-    argv = sys.argv
-    sys.argv = ["labsweep-train", "dataset=cifar100", "dataset.classes=[0,1,2]", f"dataset.root={root}",
-                "dataset.download=false", "trainer.epochs=1", "trainer.progress=false",
-                "tracking.experiment=t-rel-files", *extra, f"hydra.run.dir={tmp_path}/run"]  # fmt: skip
-    try:
-        with pytest.raises(SystemExit) as exited:
-            train_main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
+    return labsweep_train(tmp_path, capsys, "dataset=cifar100", "dataset.classes=[0,1,2]", f"dataset.root={root}",
+                          "dataset.download=false", "trainer.epochs=1", "trainer.progress=false",
+                          "tracking.experiment=t-rel-files", *extra)  # fmt: skip
 
 
 def official(root: Path) -> Path:

@@ -20,23 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from store_helpers import keep_logging, run_count  # noqa: F401  (keep_logging: an autouse fixture)
+from store_helpers import keep_logging, labsweep_train, run_count  # noqa: F401  (keep_logging: an autouse fixture)
 
 from labsweep.tracking import TrackingError, check_tracking
-from labsweep.train import main
-
-
-def labsweep_train(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, str]:
-    """Run labsweep-train with ``args``; return its exit status and everything it printed."""
-    argv = sys.argv
-    sys.argv = ["labsweep-train", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out + captured.err
 
 
 def assert_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], status: int,

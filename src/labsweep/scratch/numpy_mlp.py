@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -186,6 +186,7 @@ def build_mlp(
 
 
 class TrainedMLP(NamedTuple):
+    dataset: str
     model: MLPClassifier
     X: np.ndarray  # the training set, for the plots
     y: np.ndarray
@@ -232,43 +233,22 @@ def train_numpy_mlp(
     }
     if log_metrics is not None:
         log_metrics(test, epochs)
-    return TrainedMLP(model, X, y, history, {**history[-1], **test})
+    return TrainedMLP(dataset, model, X, y, history, {**history[-1], **test})
 
 
-def run_numpy_mlp(
-    *,
-    dataset: str = "moons",
-    n: int = 400,
-    noise: float = 0.075,
-    hidden: list[int] | tuple[int, ...] = (64, 64),
-    epochs: int = 40,
-    alpha: float = ALPHA,
-    batch_size: int = 32,
-    seed: int = 0,
-    log_metrics: LogMetrics,
-    output_dir: Path,
-) -> dict[str, float]:
-    """Train the NumPy MLP on 'moons' or 'blobs'; write decision_surface.png and loss_curve.png.
+def run_numpy_mlp(*, log_metrics: LogMetrics, output_dir: Path, **options: Any) -> dict[str, float]:
+    """`train_numpy_mlp` (``options`` are its keyword arguments) on 'moons' or 'blobs', then write
+    decision_surface.png and loss_curve.png.
 
     The test set is a fresh sample of the same kind from an independent seed. Logs per-epoch
     `train/loss` and `train/acc` of the whole training set (steps 0..epochs), then `test/loss`
     and `test/acc` at step `epochs`. Returns the final train and test loss and accuracy.
     """
-    run = train_numpy_mlp(
-        dataset=dataset,
-        n=n,
-        noise=noise,
-        hidden=hidden,
-        epochs=epochs,
-        alpha=alpha,
-        batch_size=batch_size,
-        seed=seed,
-        log_metrics=log_metrics,
-    )
+    run = train_numpy_mlp(log_metrics=log_metrics, **options)
     output_dir = Path(output_dir)
     save_loss_curve(
         output_dir / "loss_curve.png",
-        list(range(epochs + 1)),
+        list(range(len(run.history))),
         {"train": [m["train/loss"] for m in run.history]},
         xlabel="epoch",
         ylabel="cross-entropy",
@@ -278,6 +258,6 @@ def run_numpy_mlp(
         run.X,
         run.y,
         run.model.predict_proba,
-        title=f"{dataset}: train acc {run.metrics['train/acc']:.3f}, test acc {run.metrics['test/acc']:.3f}",
+        title=f"{run.dataset}: train acc {run.metrics['train/acc']:.3f}, test acc {run.metrics['test/acc']:.3f}",
     )
     return run.metrics

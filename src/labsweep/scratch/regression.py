@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from labsweep.scratch.threads import one_torch_thread
 from labsweep.scratch.toy_data import regression_data, save_loss_curve, save_png
 
 Params = dict[str, torch.Tensor]
@@ -80,25 +81,18 @@ def run_regression(
     log_steps = list(range(0, iterations, log_every))
     losses = torch.empty(len(log_steps))
     snapshots: dict[int, np.ndarray] = {}
-    # One thread for tensors this small: splitting a 500 x 64 op across threads gains nothing, and
-    # when another process holds a core the threads' barriers make the loop 10-20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for i in range(iterations):
-                out, cache = forward(params, x)
-                if i % log_every == 0:
-                    losses[i // log_every] = (out - y).square().sum()
-                if i > 0 and i % plot_every == 0:
-                    snapshots[i] = out.numpy().copy()
-                grads = backward(params, x, y, cache)
-                for name, grad in grads.items():
-                    params[name].sub_(grad, alpha=lr)  # w -= lr * dL/dw
-            out, _ = forward(params, x)
-            final_loss = float((out - y).square().sum())
-    finally:
-        torch.set_num_threads(threads)
+    with one_torch_thread(), torch.inference_mode():
+        for i in range(iterations):
+            out, cache = forward(params, x)
+            if i % log_every == 0:
+                losses[i // log_every] = (out - y).square().sum()
+            if i > 0 and i % plot_every == 0:
+                snapshots[i] = out.numpy().copy()
+            grads = backward(params, x, y, cache)
+            for name, grad in grads.items():
+                params[name].sub_(grad, alpha=lr)  # w -= lr * dL/dw
+        out, _ = forward(params, x)
+        final_loss = float((out - y).square().sum())
     snapshots[iterations] = out.numpy()
 
     n = len(y)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labsweep.scratch.threads import one_torch_thread
 from labsweep.scratch.toy_data import make_binary, save_decision_surface, save_loss_curve, split_seed
 
 Params = dict[str, torch.Tensor]
@@ -87,11 +88,7 @@ def run_binary(
     log_steps = list(range(0, iterations, log_every))
     losses = torch.empty(len(log_steps))
     correct = torch.empty(len(log_steps))
-    # One thread for tensors this small: splitting them across threads gains nothing, and when
-    # another process holds a core the threads' barriers make the loop 10-20x slower (measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for i in range(iterations):
             logits = forward(params, x_train)
             loss = log_loss(logits, y_train)
@@ -103,8 +100,6 @@ def run_binary(
                 if i % log_every == 0:
                     losses[i // log_every] = loss
                     correct[i // log_every] = ((logits > 0) == y_train.bool()).sum()
-    finally:
-        torch.set_num_threads(threads)
 
     for step, loss_sum, n_correct in zip(log_steps, losses.tolist(), correct.tolist()):
         log_metrics({"train/loss": loss_sum / n, "train/acc": n_correct / n}, step)
