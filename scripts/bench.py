@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_loop import run_seed_loop  # noqa: E402
 
+from labsweep.build import Training, build_training  # noqa: E402
 from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, ImageData, load_cifar10  # noqa: E402
-from labsweep.loop import fit, train_epoch  # noqa: E402
-from labsweep.models import Classifier, ModelSpec, build_model  # noqa: E402
+from labsweep.loop import train_epoch  # noqa: E402
+from labsweep.models import ModelSpec, build_model  # noqa: E402
 from labsweep.optimizers import build_optimizer  # noqa: E402
-from labsweep.replicas import replicate  # noqa: E402
-from labsweep.train import to_splits  # noqa: E402
+from labsweep.schema import CNNConfig, MLPConfig, SGDConfig  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -47,40 +47,27 @@ def spread(values: list[float], unit: str = "", scale: float = 1.0) -> str:
     return f"{statistics.median(v):.2f}{unit} (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})"
 
 
-def seeded_models(spec: ModelSpec, seeds: list[int]) -> list[Classifier]:
-    """One model per seed, each initialised exactly as labsweep initialises that seed's run."""
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        models.append(build_model(spec))
-    return models
-
-
-def labsweep_setup(data: ImageData, spec: ModelSpec, seeds: list[int], momentum: float = 0.0):  # type: ignore[no-untyped-def]
-    """labsweep's one-off set-up (outside every timer, as the seed loop's tensors and loaders are):
-    the replicas, their SGD optimizer, both splits and each replica's batch-order generator."""
-    models = seeded_models(spec, seeds)
-    net = replicate([m.net for m in models])
-    opt = build_optimizer("sgd", net.parameters(), lr=0.005, momentum=momentum)
-    train, test = to_splits(models[0], data, torch.device("cpu"))
-    return net, opt, train, test, [torch.Generator().manual_seed(s) for s in seeds]
+def labsweep_setup(data: ImageData, spec: ModelSpec, seeds: list[int], momentum: float = 0.0) -> Training:
+    """labsweep's one-off set-up (outside every timer, as the seed loop's tensors and loaders are), by the
+    job's own builder: each seed's model, the replicas, their SGD optimizer, both splits and each
+    replica's batch-order generator."""
+    return build_training(spec, SGDConfig(lr=0.005, momentum=momentum), data, seeds, "cpu")
 
 
 def labsweep_fit(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int, *, momentum: float = 0.0) -> float:
     """Seconds to train ``len(seeds)`` replicas for ``epochs`` with labsweep's loop (evaluation included)."""
-    net, opt, train, test, generators = labsweep_setup(data, spec, seeds, momentum)
+    training = labsweep_setup(data, spec, seeds, momentum)
     start = time.perf_counter()
-    fit(net, opt, train, test, epochs=epochs, batch_size=128, generators=generators,
-        log_metrics=[lambda m, s: None] * len(seeds), progress=False)  # fmt: skip
+    training.fit(epochs=epochs, batch_size=128, progress=False)  # no-op metric loggers, one per seed
     return time.perf_counter() - start
 
 
 def labsweep_train_only(data: ImageData, spec: ModelSpec, seeds: list[int], epochs: int) -> float:
     """Seconds for ``epochs`` of labsweep's train_epoch alone (no evaluation), momentum SGD as in Lab 2."""
-    net, opt, train, _, generators = labsweep_setup(data, spec, seeds, momentum=0.9)
+    t = labsweep_setup(data, spec, seeds, momentum=0.9)
     start = time.perf_counter()
     for _ in range(epochs):
-        train_epoch(net, opt, train, 128, generators)
+        train_epoch(t.net, t.optimizer, t.train, 128, t.generators)
     return time.perf_counter() - start
 
 
@@ -119,12 +106,13 @@ def vmapped_cnn_seconds(data: ImageData, spec: ModelSpec, k: int, epochs: int) -
     grouped ones): the alternative to labsweep's one-after-another CNN replicas, measured and not taken."""
     from torch.func import functional_call, stack_module_state, vmap
 
-    params, buffers = stack_module_state([m.net for m in seeded_models(spec, list(range(k)))])
+    # The same seeded models, training split and generators as labsweep's K replicas (its optimizer unused).
+    seeded = labsweep_setup(data, spec, list(range(k)), momentum=0.9)
+    params, buffers = stack_module_state([m.net for m in seeded.models])
     base = build_model(spec).net.to("meta")
     model = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), in_dims=(0, 0, 0))
-    opt = build_optimizer("sgd", list(params.values()), lr=0.005, momentum=0.9)
-    train, _ = to_splits(build_model(spec), data, torch.device("cpu"))
-    generators = [torch.Generator().manual_seed(s) for s in range(k)]
+    opt = build_optimizer(SGDConfig(lr=0.005, momentum=0.9), list(params.values()))
+    train, generators = seeded.train, seeded.generators
     start = time.perf_counter()
     for _ in range(epochs):
         order = torch.stack([torch.randperm(len(train.y), generator=g) for g in generators])
@@ -173,25 +161,38 @@ def conv_peak(repeats: int = 5) -> float:
     return 2 * 64 * 32 * 32 * 128 * 128 * 9 / min(times)
 
 
-def full_job(tmp: Path, epochs: int, with_mlflow: bool) -> float:
+def slice_overrides(data_dir: Path) -> list[str]:
+    """``dataset=cifar10`` pointed at the slice main() loads: classes 0-2, 500 train / 100 test per class."""
+    return ["dataset=cifar10", f"dataset.root={data_dir.resolve()}", "dataset.classes=[0,1,2]", "dataset.verify=false",
+            "dataset.download=false", "dataset.max_train_per_class=500", "dataset.max_test_per_class=100"]  # fmt: skip
+
+
+def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool) -> float:
     """train() end to end on the slice (250-epoch Lab 1 MLP), optionally with MLflow swapped out."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
+    # Importing labsweep.train registers the schemas and resolvers that composing conf/ needs.
     import labsweep.job as job
-    from labsweep.config import CONFIG_DIR
+    from labsweep.paths import CONFIG_DIR
+    from labsweep.runs import Launch
+    from labsweep.train import typed_config
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose("config", overrides=["experiment=lab1_mlp", "dataset=cifar10_slice", f"trainer.epochs={epochs}",
+        cfg = compose("config", overrides=["experiment=lab1_mlp", *slice_overrides(data_dir), f"trainer.epochs={epochs}",
                                            "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/bench.db"])  # fmt: skip
-    original = job.tracked_run
+    derived = ("optimizer.lr",) if OmegaConf.is_interpolation(cfg.optimizer, "lr") else ()  # as labsweep.train does
+    launch = Launch(tmp / f"job-{time.time_ns()}", {"experiment": "lab1_mlp"}, derived=derived)
+    originals = job.tracked_run, job.fail_run
     if not with_mlflow:
-        job.tracked_run = no_tracking  # type: ignore[assignment]
+        job.tracked_run, job.fail_run = no_tracking, no_fail_run  # type: ignore[assignment]
     try:
         start = time.perf_counter()
-        job.train(cfg, tmp / f"job-{time.time_ns()}", {"experiment": "lab1_mlp"})
+        # Checking and typing the config is part of the job, as it was when train() took the DictConfig.
+        job.train(typed_config(cfg), launch)
         return time.perf_counter() - start
     finally:
-        job.tracked_run = original
+        job.tracked_run, job.fail_run = originals
 
 
 class _NoOpRun:
@@ -208,6 +209,10 @@ def no_tracking(*args: object, **kwargs: object):  # type: ignore[no-untyped-def
     yield _NoOpRun()
 
 
+def no_fail_run(run: object, reason: str) -> None:
+    """job.fail_run for a _NoOpRun (a replica that diverged): nothing to end."""
+
+
 def repeat(fn: Callable[[], float], n: int) -> list[float]:
     return [fn() for _ in range(n)]
 
@@ -221,8 +226,8 @@ def main() -> None:
     logging.disable(logging.WARNING)  # the slice's md5 warnings
     reps, epochs = (2, 20) if args.quick else (3, 50)
     data = load_cifar10(args.data, [0, 1, 2], verify=False, download=False, max_train_per_class=500, max_test_per_class=100)
-    mlp = ModelSpec("mlp", 3, CIFAR100_MEAN, CIFAR100_STD, hidden=(10,))
-    cnn_spec = ModelSpec("cnn", 3, CIFAR100_MEAN, CIFAR100_STD, pooling="avg")
+    mlp = ModelSpec(MLPConfig(hidden=[10]), 3, CIFAR100_MEAN, CIFAR100_STD)
+    cnn_spec = ModelSpec(CNNConfig(channels=32), 3, CIFAR100_MEAN, CIFAR100_STD, pooling="avg")
     print(f"data: CIFAR-10 slice classes 0-2, {len(data.train_y)} train / {len(data.test_y)} test; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {reps} repeats")  # fmt: skip
 
@@ -267,11 +272,11 @@ def main() -> None:
 
     # (e) a full 250-epoch job with and without MLflow.
     with tempfile.TemporaryDirectory() as tmp:
-        full_job(Path(tmp), 2, True)  # create the store once: its schema set-up is a one-time cost
+        full_job(Path(tmp), args.data, 2, True)  # create the store once: its schema set-up is a one-time cost
         with_ml, without = [], []
         for _ in range(reps):
-            without.append(full_job(Path(tmp), 250, False))
-            with_ml.append(full_job(Path(tmp), 250, True))
+            without.append(full_job(Path(tmp), args.data, 250, False))
+            with_ml.append(full_job(Path(tmp), args.data, 250, True))
     print(f"(e) 250-epoch MLP job without MLflow: {spread(without, ' s')}")
     print(f"    with MLflow:                     {spread(with_ml, ' s')}  -> "
           f"+{100 * (statistics.median(w / o for w, o in zip(with_ml, without)) - 1):.1f}%")  # fmt: skip

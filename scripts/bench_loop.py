@@ -23,28 +23,21 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_loop import run_seed_loop  # noqa: E402
 
+from labsweep.build import build_training  # noqa: E402
 from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10, make_synthetic  # noqa: E402
-from labsweep.loop import fit  # noqa: E402
-from labsweep.models import ModelSpec, build_model  # noqa: E402
-from labsweep.optimizers import build_optimizer  # noqa: E402
-from labsweep.replicas import replicate  # noqa: E402
-from labsweep.train import to_splits  # noqa: E402
+from labsweep.models import ModelSpec  # noqa: E402
+from labsweep.schema import MLPConfig, SGDConfig  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def run_labsweep(data, *, epochs: int, seed: int, hidden: int = 10, lr: float = 0.005, batch_size: int = 128) -> dict:  # type: ignore[no-untyped-def]
-    torch.manual_seed(seed)
     # The seed normalises with CIFAR-100's constants whatever the data: do the same for a fair comparison.
-    spec = ModelSpec("mlp", data.num_classes, CIFAR100_MEAN, CIFAR100_STD, hidden=(hidden,))
-    model = build_model(spec)
-    net = replicate([model.net])
-    optimizer = build_optimizer("sgd", net.parameters(), lr=lr)
-    train, test = to_splits(model, data, torch.device("cpu"))  # set-up: outside the time, as in the seed loop
+    spec = ModelSpec(MLPConfig(hidden=[hidden]), data.num_classes, CIFAR100_MEAN, CIFAR100_STD)
+    # Seeded model, replica, optimizer, splits, batch order: set-up, outside the time, as in the seed loop.
+    training = build_training(spec, SGDConfig(lr=lr), data, [seed], "cpu")
     start = time.perf_counter()
-    (result,) = fit(net, optimizer, train, test, epochs=epochs,
-                    batch_size=batch_size, generators=[torch.Generator().manual_seed(seed)],
-                    log_metrics=[lambda m, s: None], progress=False)  # fmt: skip
+    (result,) = training.fit(epochs=epochs, batch_size=batch_size, progress=False)  # no-op metric logger
     seconds = time.perf_counter() - start
     return {"test/acc": result.history[-1]["test/acc"], "epoch_seconds": seconds / epochs}
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_CONF = ROOT / "tests" / "conf"  # development-only options (dataset=cifar10_slice), added with -cd
 VARIANTS = {
     "basic": ("sequential (basic launcher), torch default threads", []),
     "basic1": ("sequential (basic launcher), trainer.threads=1", ["trainer.threads=1"]),
@@ -60,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def command(variant: str, args: argparse.Namespace, experiment: str, sweep_dir: Path) -> list[str]:
     extra = [a.format(n=args.n_jobs) for a in VARIANTS[variant][1]]
     seeds = ",".join(str(s) for s in range(args.jobs))
-    return [sys.executable, "-m", "labsweep.train", "-m", "experiment=lab1_mlp", f"dataset={args.dataset}",
+    # An option that is not in conf/ but in tests/conf/ (the slice) needs that folder on the search path.
+    config_dir = ["-cd", str(TEST_CONF)] if (TEST_CONF / "dataset" / f"{args.dataset}.yaml").is_file() else []
+    return [sys.executable, "-m", "labsweep.train", *config_dir, "-m", "experiment=lab1_mlp", f"dataset={args.dataset}",
             f"seed={seeds}", f"trainer.epochs={args.epochs}", "trainer.progress=false", "tracking.skip_finished=false",
             f"tracking.experiment={experiment}", f"hydra.sweep.dir={sweep_dir}", *extra]  # fmt: skip
 

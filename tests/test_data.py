@@ -30,7 +30,13 @@ from cifar_fixtures import (
 )
 
 from labsweep import cifar_files
-from labsweep.cifar_files import LAYOUTS, check_md5, ensure_dataset, file_md5, safe_unpickle
+from labsweep.cifar_files import (
+    LAYOUTS,
+    check_md5,
+    ensure_dataset,
+    file_md5,
+    safe_unpickle,
+)
 from labsweep.datasets import (
     CIFAR10_MEAN,
     CIFAR100_MEAN,
@@ -39,13 +45,13 @@ from labsweep.datasets import (
     ImageData,
     VariantRule,
     check_classes,
-    default_data_root,
     load_cifar10,
     load_cifar100,
     make_synthetic,
     resolve_classes,
     variant_classes,
 )
+from labsweep.paths import data_root
 
 REAL_CIFAR10 = REAL_DATA / "cifar-10-batches-py"
 REAL_CIFAR100_META = REAL_DATA / "cifar-100-python" / "meta"
@@ -117,10 +123,13 @@ def test_cap_per_class_keeps_first_images_in_file_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cap", [0, -1, 2.5, True])
-def test_bad_cap_is_a_data_error(tmp_path: Path, cap: object) -> None:
-    write_cifar100(tmp_path, per_class_train=1, per_class_test=1)
-    with pytest.raises(DataError, match="max_train_per_class"):
-        load_cifar100(tmp_path, [0], verify=False, download=False, max_train_per_class=cap)  # type: ignore[arg-type]
+def test_bad_cap_is_refused_by_the_schema(cap: object) -> None:
+    from omegaconf.errors import ValidationError
+
+    from labsweep.schema import ConfigError, dataset_from_dict
+
+    with pytest.raises((ConfigError, ValidationError), match="max_train_per_class"):  # a value, or a type
+        dataset_from_dict({"name": "cifar100", "max_train_per_class": cap})
 
 
 def test_class_without_images_is_a_data_error(tmp_path: Path) -> None:
@@ -443,11 +452,11 @@ def test_missing_data_without_download(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_default_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LABSWEEP_DATA", str(tmp_path))
-    assert default_data_root() == tmp_path
+    assert data_root() == tmp_path
     monkeypatch.delenv("LABSWEEP_DATA")
-    assert default_data_root() == Path(__file__).resolve().parents[1] / "data"
+    assert data_root() == Path(__file__).resolve().parents[1] / "data"
 
 
 # --------------------------------------------------------------------------- class selection

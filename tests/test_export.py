@@ -17,13 +17,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import SHARED_DATA, SMALL, compose_config
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from labsweep import export
 from labsweep.checkpoint import load_checkpoint
-from labsweep.config import CONFIG_DIR
 from labsweep.datasets import make_synthetic
 from labsweep.export import (
     DEFAULT_OPSET,
@@ -36,24 +35,32 @@ from labsweep.export import (
     verification_images,
 )
 from labsweep.export import main as export_main
+from labsweep.job import train
 from labsweep.models import ModelSpec, build_model, notation
 from labsweep.predict import main as predict_main
-from labsweep.train import train
+from labsweep.runs import Launch
+from labsweep.schema import CNNConfig, MLPConfig, VGGConfig
+from labsweep.train import typed_config
 
 MEAN, STD = (0.5, 0.48, 0.44), (0.2, 0.2, 0.2)
 SPECS = {
-    "mlp-hidden-10": ModelSpec("mlp", 3, MEAN, STD, hidden=(10,)),
-    "mlp-linear": ModelSpec("mlp", 3, MEAN, STD, hidden=()),
-    "cnn-avg": ModelSpec("cnn", 3, MEAN, STD, pooling="avg", channels=4),
-    "cnn-max": ModelSpec("cnn", 3, MEAN, STD, pooling="max", channels=4),
-    "cnn-stride": ModelSpec("cnn", 3, MEAN, STD, pooling="stride", channels=4),
-    "vgg": ModelSpec("vgg", 10, MEAN, STD),
+    "mlp-hidden-10": ModelSpec(MLPConfig(hidden=[10]), 3, MEAN, STD),
+    "mlp-linear": ModelSpec(MLPConfig(hidden=[]), 3, MEAN, STD),
+    "cnn-avg": ModelSpec(CNNConfig(channels=4), 3, MEAN, STD, pooling="avg"),
+    "cnn-max": ModelSpec(CNNConfig(channels=4), 3, MEAN, STD, pooling="max"),
+    "cnn-stride": ModelSpec(CNNConfig(channels=4), 3, MEAN, STD, pooling="stride"),
+    "vgg": ModelSpec(VGGConfig(), 10, MEAN, STD),
 }
-# Small synthetic runs: the export regenerates the same test images from the run's config.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # as in conftest.py
-SMALL = ["experiment=smoke", "trainer.epochs=1", "trainer.batch_size=32", "dataset.train_per_class=40", "dataset.test_per_class=20",
-         "trainer.progress=false"]  # fmt: skip
+# Small synthetic runs (conftest's SMALL, one epoch): the export regenerates the same test images from the run's config.
+ONE_EPOCH = (*SMALL, "trainer.epochs=1", "trainer.batch_size=32")
+_SIZES = dict(o.split("=", 1) for o in SMALL)
+TRAIN_PER_CLASS, TEST_PER_CLASS = int(_SIZES["dataset.train_per_class"]), int(_SIZES["dataset.test_per_class"])
 CHOICES = {"dataset": "synthetic", "model": "mlp", "optimizer": "sgd", "pooling": "default", "experiment": "smoke"}
+
+
+def run_test_images() -> np.ndarray:
+    """The synthetic test images of the ONE_EPOCH runs."""
+    return make_synthetic(train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS).test_x
 
 
 def pixels(n: int = 64, seed: int = 1) -> np.ndarray:
@@ -149,14 +156,16 @@ def test_a_wrong_onnx_output_fails_and_keeps_the_previous_file(monkeypatch: pyte
 
 def test_verification_images_are_the_runs_test_images_or_random(tmp_path: Path) -> None:
     synthetic = {"name": "synthetic", "train_per_class": 40, "test_per_class": 20, "seed": 0, "classes": None}
-    images, source = verification_images(synthetic, [0, 1, 2])
+    images, source = verification_images(synthetic)
     assert (images == make_synthetic(train_per_class=40, test_per_class=20).test_x).all() and len(images) == 60
     assert source == "60 synthetic test images (regenerated from the run's config)"
     if (SHARED_DATA / "cifar-10-batches-py" / "test_batch").is_file():  # the reconstructed slice: verify=false
-        cifar = {"name": "cifar10", "root": str(SHARED_DATA), "verify": False, "max_test_per_class": 100}
-        images, source = verification_images(cifar, [0, 1, 2])
+        cifar = {"name": "cifar10", "root": str(SHARED_DATA), "verify": False, "classes": [0, 1, 2],
+                 "max_test_per_class": 100, "download": True}  # fmt: skip  # download is never done here
+        images, source = verification_images(cifar)
         assert images.shape == (64, 32, 32, 3) and source == f"64 cifar10 test images from {SHARED_DATA}"
-    images, source = verification_images({"name": "cifar100", "root": str(tmp_path), "verify": True}, [0, 33, 56])
+    cifar100 = {"name": "cifar100", "root": str(tmp_path), "verify": True, "classes": [0, 33, 56], "download": True}
+    images, source = verification_images(cifar100)
     assert images.shape == (64, 32, 32, 3) and images.dtype == np.uint8
     assert source.startswith("64 random images (cifar100 test images unavailable: cifar100 not found")
 
@@ -202,12 +211,11 @@ def runs(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     client = MlflowClient()
     plan = {"a0": ("[10]", 0, 0.90), "a1": ("[10]", 1, 0.70), "b0": ("[4]", 0, 0.84), "b1": ("[4]", 1, 0.86)}
     for name, (hidden, seed, acc) in plan.items():
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            cfg = compose("config", overrides=[*SMALL, f"model.hidden={hidden}", f"seed={seed}",
-                                               f"tracking.experiment={made.experiment}"])  # fmt: skip
+        config = typed_config(compose_config(*ONE_EPOCH, f"model.hidden={hidden}", f"seed={seed}",
+                                             f"tracking.experiment={made.experiment}"))  # fmt: skip
         made.dirs[name] = tmp_path_factory.mktemp(name)
         before = run_ids(client, made.experiment)
-        train(cfg, made.dirs[name], CHOICES)
+        train(config, Launch(made.dirs[name], choices=CHOICES))
         (made.ids[name],) = run_ids(client, made.experiment) - before
         client.log_metric(made.ids[name], "final/test/acc", acc, step=1000)
     for name in ("a0", "a1"):
@@ -241,7 +249,7 @@ def test_best_exports_the_best_seed_of_the_best_mean_configuration(runs: Runs, t
     assert Path(logged).read_bytes() == out.read_bytes()
     # It classifies the run's whole test set as its checkpoint does.
     model, _ = load_checkpoint(runs.dirs["b1"] / "checkpoint_best.pt")
-    test_x = make_synthetic(train_per_class=40, test_per_class=20).test_x.astype(np.float32)
+    test_x = run_test_images().astype(np.float32)
     (got,) = onnx_session(out).run(["output"], {"input": test_x})
     with torch.no_grad():
         expected = model(torch.from_numpy(test_x)).numpy()
@@ -341,7 +349,7 @@ def parse(stdout: str) -> list[tuple[str, int, str, float]]:
 
 @pytest.mark.parametrize("kind", ["onnx", "pt"])
 def test_predict_a_png_file(kind: str, models: dict[str, Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    images = make_synthetic(train_per_class=40, test_per_class=20).test_x[:6]
+    images = run_test_images()[:6]
     paths = []
     for i, image in enumerate(images):  # upscaled to 64x64: predict must shrink it back to 32x32
         paths.append(tmp_path / f"img{i}.png")
@@ -356,7 +364,7 @@ def test_predict_a_png_file(kind: str, models: dict[str, Path], tmp_path: Path, 
 
 
 def test_predict_npy_batches_and_top_k(models: dict[str, Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    images = make_synthetic(train_per_class=40, test_per_class=20).test_x[:5]
+    images = run_test_images()[:5]
     batch, single = tmp_path / "batch.npy", tmp_path / "one.npy"
     np.save(batch, images)  # uint8 (5, 32, 32, 3)
     np.save(single, images[0].astype(np.float32))  # float (32, 32, 3)

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from cli import Ran, command
+from cli import labsweep_train as run_cli
+from conftest import compose_config
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-
-from labsweep.config import CONFIG_DIR
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the launchers extra: pip install -e '.[launchers]'")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the launchers extra: pip install -e '.[launchers]'")
@@ -35,13 +35,10 @@ TINY = ["dataset=synthetic", "dataset.train_per_class=50", "dataset.test_per_cla
         "trainer.progress=false"]  # fmt: skip
 
 
-def labsweep_train(*args: str, sweep_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, **(env or {})}
-    environ.pop("LABSWEEP_SWEEP", None)  # a sweep's context comes from its own callback, never from the caller
-    proc = subprocess.run([sys.executable, "-m", "labsweep.train", "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
-                          capture_output=True, text=True, timeout=300, env=environ)  # fmt: skip
-    proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
-    return proc
+def labsweep_train(*args: str, sweep_dir: Path, env: dict[str, str] | None = None) -> Ran:
+    """A multirun as a command, its sweep folder ``sweep_dir``; never inside a caller's sweep."""
+    os.environ.pop("LABSWEEP_SWEEP", None)  # a sweep's context comes from its own callback, never from the caller
+    return run_cli("-m", *args, f"hydra.sweep.dir={sweep_dir}", tmp_path=sweep_dir.parent, env=env, timeout=300)
 
 
 def sweep_runs(client: MlflowClient, experiment: str) -> tuple[list, list]:
@@ -76,8 +73,7 @@ def check_sweep(client: MlflowClient, experiment: str, sweep_dir: Path, jobs: in
 
 
 def compose_with_hydra(*overrides: str) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        return compose("config", overrides=["hydra.job.name=train", *overrides], return_hydra_config=True)
+    return compose_config(*overrides, hydra=True)
 
 
 def test_parallel_preset_selects_joblib_with_one_thread_per_job() -> None:
@@ -151,8 +147,8 @@ def test_slurm_preset_without_a_tracking_server_stops_before_launching(tmp_path:
     """Jobs on many nodes must not each fall back to a SQLite file: with no MLFLOW_TRACKING_URI (and no
     tracking.uri) the sweep stops at its start, before any job is submitted."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, "-m", "labsweep.train", "-m", "+launcher=slurm", *TINY, "seed=0,1",
-                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    proc = subprocess.run(command("-m", "+launcher=slurm", *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"),
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "MLFLOW_TRACKING_URI" in out
@@ -168,7 +164,7 @@ def test_joblib_runs_jobs_in_parallel_processes_with_parent_children_and_table(t
     exp, sweep_dir = "t-launch-joblib", tmp_path / "sweep"
     proc = labsweep_train("+launcher=parallel", *TINY, "model.hidden=[10],[20]", "seed=0,1",
                           f"tracking.experiment={exp}", sweep_dir=sweep_dir)  # fmt: skip
-    assert proc.returncode == 0, proc.output[-4000:]
+    assert proc.code == 0, proc.output[-4000:]
     assert "database is locked" not in proc.output
     assert "Joblib.Parallel(n_jobs=2" in proc.output
     client = MlflowClient()
@@ -187,14 +183,14 @@ def test_submitit_local_runs_the_cluster_code_path_and_a_relaunch_skips_finished
     exp, sweep_dir = "t-launch-submitit", tmp_path / "sweep"
     args = ["hydra/launcher=submitit_local", "trainer.threads=1", *TINY, f"tracking.experiment={exp}"]
     proc = labsweep_train(*args, "seed=0,1", sweep_dir=sweep_dir)
-    assert proc.returncode == 0, proc.output[-4000:]
+    assert proc.code == 0, proc.output[-4000:]
     client = MlflowClient()
     check_sweep(client, exp, sweep_dir, jobs=2)
     assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))  # the jobs really went through submitit
 
     # Relaunch with one more seed: the two finished jobs are skipped (in their own processes), one runs.
     again = labsweep_train(*args, "seed=0,1,2", sweep_dir=tmp_path / "again")
-    assert again.returncode == 0, again.output[-4000:]
+    assert again.code == 0, again.output[-4000:]
     assert "1 finished, 2 skipped, 0 failed" in again.output
     parents, children = sweep_runs(client, exp)
     assert len(children) == 3 and len(parents) == 2
@@ -268,7 +264,7 @@ def test_parallel_sweep_against_a_shared_mlflow_server_then_table_and_export_fro
     exp, sweep_dir = "t-launch-server", tmp_path / "sweep"
     proc = labsweep_train("+launcher=parallel", *TINY, "seed=0,1", f"tracking.experiment={exp}", sweep_dir=sweep_dir,
                           env={"MLFLOW_TRACKING_URI": uri})  # fmt: skip
-    assert proc.returncode == 0, proc.output[-4000:]
+    assert proc.code == 0, proc.output[-4000:]
     client = MlflowClient(uri)
     parent, children = check_sweep(client, exp, sweep_dir, jobs=2)
     for run in children:  # artifacts went through the server's proxy into its own storage

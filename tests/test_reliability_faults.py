@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli import command
 from mlflow.tracking import MlflowClient
 
 from labsweep import tracking
@@ -79,13 +80,11 @@ def test_sigterm_outside_a_run_keeps_its_default_action() -> None:
     assert proc.returncode == -signal.SIGTERM
 
 
-def test_diverged_training_fails_its_run_with_the_epoch(compose_cfg, tmp_path: Path) -> None:
-    from labsweep.train import train
-
-    cfg = compose_cfg("experiment=smoke", "trainer.epochs=5", "optimizer.lr=1e12", "tracking.experiment=t-rel-diverge",
-                      "trainer.progress=false")  # fmt: skip
+def test_diverged_training_fails_its_run_with_the_epoch(make_config, run_train, tmp_path: Path) -> None:
+    config = make_config("experiment=smoke", "trainer.epochs=5", "optimizer.lr=1e12", "tracking.experiment=t-rel-diverge",
+                         "trainer.progress=false", small=False)  # fmt: skip
     with pytest.raises(Exception, match="diverged at epoch 1"):
-        train(cfg, tmp_path, {"experiment": "smoke"})
+        run_train(config)
     (run,) = child_runs("t-rel-diverge")
     assert run.info.status == "FAILED"
     assert "diverged at epoch 1" in run.data.tags["failure"] and "Lower optimizer.lr" in run.data.tags["failure"]
@@ -95,11 +94,11 @@ def test_diverged_training_fails_its_run_with_the_epoch(compose_cfg, tmp_path: P
 # --------------------------------------------------------------------------- an interrupted sweep
 
 
-def labsweep_train(args: list[str], **popen: Any) -> subprocess.Popen[str]:
+def start(args: list[str], **popen: Any) -> subprocess.Popen[str]:
     # Metrics flushed every 0.2 s, so the test sees training progress in the store.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", tracking.FLUSH_ENV: "0.2"}
-    return subprocess.Popen([sys.executable, "-m", "labsweep.train", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)  # fmt: skip
+    return subprocess.Popen(command(*args), env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            **popen)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -138,7 +137,7 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_a_relaunch_finishes_it(
     args = ["-m", *TINY, "trainer.epochs=3,2000,4", f"tracking.experiment={exp}", f"tracking.uri={uri}",
             f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     client = MlflowClient(tracking_uri=uri)
-    with running(labsweep_train(args)) as proc:
+    with running(start(args)) as proc:
 
         def job1_training() -> Any:
             runs = [r for r in child_runs(exp, client) if r.data.tags.get("job_num") == "1"]
@@ -170,7 +169,7 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_a_relaunch_finishes_it(
     if sig != signal.SIGINT:
         return  # the relaunch is the same for either signal: checked once
 
-    with running(labsweep_train(args)) as again:
+    with running(start(args)) as again:
         out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:]
     assert "2 finished, 1 skipped, 0 failed" in out
@@ -247,7 +246,7 @@ def test_parallel_first_use_of_a_fresh_sqlite_store(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_parallel_sweep_on_one_sqlite_store_loses_no_run_and_no_metric(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # fresh: the sweep's parent creates it before the workers start
-    proc = labsweep_train(["-m", *TINY, "trainer.epochs=8", "seed=0,1,2,3,4,5", "hydra/launcher=joblib",
+    proc = start(["-m", *TINY, "trainer.epochs=8", "seed=0,1,2,3,4,5", "hydra/launcher=joblib",
                            "hydra.launcher.n_jobs=3", f"tracking.uri={uri}", "tracking.experiment=t-rel-parallel",
                            f"hydra.sweep.dir={tmp_path}/sweep"])  # fmt: skip
     out, _ = proc.communicate(timeout=400)

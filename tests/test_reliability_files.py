@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 import torch
 from cifar_fixtures import make_archive, make_raw_archive, tampered_batch, write_cifar100, write_pickle
+from cli import Ran, labsweep_train
 from mlflow.tracking import MlflowClient
-from store_helpers import keep_logging, labsweep_train, run_count  # noqa: F401  (keep_logging: an autouse fixture)
+from store import run_count
 
 from labsweep import cifar_files
 from labsweep.atomic import atomic_path, write_text
@@ -34,16 +35,17 @@ from labsweep.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from labsweep.export import export_verified, main as export_main, onnx_metadata
 from labsweep.models import ModelSpec, build_model
 from labsweep.predict import main as predict_main
+from labsweep.schema import MLPConfig
 
 
 # --------------------------------------------------------------------------- data files, through labsweep-train
 
 
-def train_on(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[object, str]:
+def train_on(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Ran:
     """``labsweep-train dataset=cifar100 dataset.classes=[0,1,2] dataset.root=ROOT ...`` in this process."""
-    return labsweep_train(tmp_path, capsys, "dataset=cifar100", "dataset.classes=[0,1,2]", f"dataset.root={root}",
+    return labsweep_train("dataset=cifar100", "dataset.classes=[0,1,2]", f"dataset.root={root}",
                           "dataset.download=false", "trainer.epochs=1", "trainer.progress=false",
-                          "tracking.experiment=t-rel-files", *extra)  # fmt: skip
+                          "tracking.experiment=t-rel-files", *extra, tmp_path=tmp_path, capsys=capsys)  # fmt: skip
 
 
 def official(root: Path) -> Path:
@@ -123,9 +125,10 @@ def test_a_bad_data_file_is_refused_with_a_message_naming_it(case: str, tmp_path
     make(root, tmp_path)
     port = closed_port()
     before = run_count()
-    code, out = train_on(root, tmp_path, capsys, *(e.format(port=port) for e in extra))
+    ran = train_on(root, tmp_path, capsys, *(e.format(port=port) for e in extra))
+    out = ran.output
     assert message.format(root=root, port=port) in out, out[-3000:]
-    assert code == 2 and "Traceback" not in out
+    assert ran.code == 2 and "Traceback" not in out
     assert run_count() == before
     assert not (tmp_path / "marker").exists()  # a payload was never run
     assert not list(tmp_path.rglob("evil"))  # nothing was written outside the data folder
@@ -138,12 +141,11 @@ def test_as_a_command_a_pickle_carrying_code_exits_2_and_runs_nothing(tmp_path: 
     marker = tmp_path / "marker"
     write_pickle(official(root) / "train", tampered_batch("os.system", marker))
     before = run_count()
-    proc = subprocess.run([sys.executable, "-m", "labsweep.train", "dataset=cifar100", "dataset.classes=[0,1,2]",
-                           f"dataset.root={root}", "dataset.verify=false", "tracking.experiment=t-rel-files",
-                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 2
-    assert f"refusing to load global 'posix.system' from {root}/cifar-100-python/train" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    ran = labsweep_train("dataset=cifar100", "dataset.classes=[0,1,2]", f"dataset.root={root}", "dataset.verify=false",
+                         "tracking.experiment=t-rel-files", tmp_path=tmp_path, timeout=300)  # a subprocess: no capsys
+    assert ran.code == 2
+    assert f"refusing to load global 'posix.system' from {root}/cifar-100-python/train" in ran.output
+    assert "Traceback" not in ran.output
     assert not marker.exists() and run_count() == before
 
 
@@ -160,7 +162,7 @@ class _Call:
         return self.func, self.args
 
 
-SPEC = ModelSpec("mlp", 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), hidden=(4,))
+SPEC = ModelSpec(MLPConfig(hidden=[4]), 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +220,7 @@ CHECKPOINT_CASES: dict[str, tuple[Callable[[dict[str, Path], Path], Path], str]]
                                 {"model": _Call(eval, f"open({str(d / 'marker')!r}, 'w')")}, protocol=2)))[0],
                             "not a labsweep checkpoint"),
     "unknown model": (lambda g, d: edited(g, d / "u.pt", _unknown_model),
-                      "cannot rebuild the model it describes: model must be one of ('mlp', 'cnn', 'vgg'), got 'resnet'"),
+                      "the model spec is invalid (model.name must be one of ('mlp', 'cnn', 'vgg'), got 'resnet')"),
     "weights do not fit": (lambda g, d: edited(g, d / "w.pt", _wider), "its weights do not fit the mlp model it describes"),
     "no model spec": (lambda g, d: edited(g, d / "n.pt", _no_model), "'model' does not describe a model"),
     "class names": (lambda g, d: edited(g, d / "c.pt", _two_names), "'class_ids' and 'class_names' must list"),

@@ -1,6 +1,7 @@
 """Bad input through the command line: a mistyped or impossible config value, or an unusable tracking
-store, stops labsweep-train with a message that names the key (or URI) and says what to fix, exit
-status 2 (Hydra's own composition errors: 1), no traceback, and no MLflow run created.
+store, stops labsweep-train with a one-line message that names the key (or URI) and says what to fix,
+exit status 2 (Hydra's composition errors too: an unknown option or key, a value of the wrong type),
+no traceback, and no MLflow run created.
 
 Each case runs ``labsweep-train`` in this process (``labsweep.train.main`` with ``sys.argv``: the
 same Hydra entrypoint as the console script, in a fraction of the time); a few run as real commands."""
@@ -10,8 +11,6 @@ from __future__ import annotations
 import http.server
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli import labsweep_train
 from mlflow.tracking import MlflowClient
-from store_helpers import keep_logging, labsweep_train, run_count  # noqa: F401  (keep_logging: an autouse fixture)
+from store import run_count
 
 from labsweep.tracking import TrackingError, check_tracking
 
@@ -28,10 +28,12 @@ from labsweep.tracking import TrackingError, check_tracking
 def assert_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], status: int,
                    message: str) -> str:  # fmt: skip
     before = run_count()
-    code, out = labsweep_train(tmp_path, capsys, *args)
+    ran = labsweep_train(*args, tmp_path=tmp_path, capsys=capsys)
+    out = ran.output
     assert message in out, out[-3000:]
-    assert code == status, out[-3000:]
+    assert ran.code == status, out[-3000:]
     assert "Traceback" not in out
+    assert len([line for line in out.splitlines() if message in line]) == 1  # one line says it
     assert run_count() == before  # no MLflow run was created
     assert not list(tmp_path.rglob("checkpoint_*.pt")) and not list(tmp_path.rglob("metrics.json"))
     return out
@@ -41,47 +43,63 @@ SMOKE = ["experiment=smoke", "trainer.progress=false", "tracking.experiment=t-re
 CIFAR = ["dataset=cifar100", "trainer.progress=false", "tracking.experiment=t-rel-input"]
 
 CASES = [
-    # Non-positive or non-integer numbers.
+    # Non-positive numbers (the schema's value checks), and values of the wrong type (composition).
     ([*SMOKE, "optimizer.lr=0"], 2, "optimizer.lr must be a positive number, got 0"),
     ([*SMOKE, "optimizer.lr=-0.1"], 2, "optimizer.lr must be a positive number, got -0.1"),
-    ([*SMOKE, "optimizer.lr=fast"], 2, "optimizer.lr must be a positive number, got 'fast'"),
+    ([*SMOKE, "optimizer.lr=fast"], 2, "Value 'fast' of type 'str' could not be converted to Float (key optimizer.lr)"),
+    ([*SMOKE, "optimizer.lr=abc"], 2, "Value 'abc' of type 'str' could not be converted to Float (key optimizer.lr)"),
+    ([*SMOKE, "optimizer.momentum=-1"], 2, "optimizer.momentum must be zero or positive, got -1"),
     ([*SMOKE, "trainer.batch_size=0"], 2, "trainer.batch_size must be a positive integer, got 0"),
     ([*SMOKE, "trainer.batch_size=-32"], 2, "trainer.batch_size must be a positive integer, got -32"),
     ([*SMOKE, "trainer.epochs=0"], 2, "trainer.epochs must be a positive integer, got 0"),
-    ([*SMOKE, "trainer.epochs=2.5"], 2, "trainer.epochs must be a positive integer, got 2.5"),
+    ([*SMOKE, "trainer.epochs=2.5"], 2, "Value '2.5' of type 'float' could not be converted to Integer (key trainer.epochs)"),
+    ([*SMOKE, "trainer.epochs=ten"], 2, "Value 'ten' of type 'str' could not be converted to Integer (key trainer.epochs)"),
+    ([*SMOKE, "trainer.epochs=null"], 2, "trainer.epochs and trainer.iterations are both null"),
     ([*SMOKE, "trainer.eval_batch_size=0"], 2, "trainer.eval_batch_size must be a positive integer"),
     ([*SMOKE, "trainer.threads=0"], 2, "trainer.threads must be a positive integer, got 0"),
     ([*SMOKE, "trainer.replicas=0"], 2, "trainer.replicas must be a positive integer, got 0"),
     ([*SMOKE, "dataset.train_per_class=0"], 2, "dataset.train_per_class must be a positive integer, got 0"),
     ([*SMOKE, "dataset.num_classes=1"], 2, "dataset.num_classes must be an integer >= 2, got 1"),
-    # A batch larger than the training set; an iteration budget under one epoch (the sweep file's resolver).
+    ([*CIFAR, "dataset.classes=[0,1,2]", "dataset.max_train_per_class=0"], 2, "dataset.max_train_per_class (or null) must be a positive integer"),
+    pytest.param([*SMOKE, "seed=abc"], 2, "Value 'abc' of type 'str' could not be converted to Integer (key seed)", id="seed-not-an-integer"),
+    pytest.param([*SMOKE, "seed=1.5"], 2, "Value '1.5' of type 'float' could not be converted to Integer (key seed)", id="seed-1.5"),
+    ([*SMOKE, "tracking.experiment="], 2, "tracking.experiment is empty"),
+    # A batch larger than the training set; iteration budgets that whole epochs cannot meet.
     ([*SMOKE, "trainer.batch_size=5000"], 2, "trainer.batch_size=5000 is larger than the training set (900 images)"),
     pytest.param(["sweep=batch_size", "hydra.mode=RUN", "dataset=synthetic", "trainer.iterations=1", *SMOKE[1:]], 2,
                  "trainer.iterations=1 is less than one epoch at batch size 128", id="iterations-under-one-epoch"),  # fmt: skip
-    pytest.param([*SMOKE, "seed=abc"], 2, "seed must be an integer", id="seed-not-an-integer"),
-    # Unknown names: Hydra's own messages for config groups (exit 1), ours for values.
-    ([*SMOKE, "model=resnet"], 1, "Could not find 'model/resnet'"),
-    ([*SMOKE, "pooling=global"], 1, "Could not find 'pooling/global'"),
-    ([*SMOKE, "optimizer=rmsprop"], 1, "Could not find 'optimizer/rmsprop'"),
-    ([*SMOKE, "dataset=imagenet"], 1, "Could not find 'dataset/imagenet'"),
-    ([*SMOKE, "trainer.epoch=3"], 1, "Could not override 'trainer.epoch'"),  # a typo in a key
-    ([*SMOKE, "model.name=resnet"], 2, "model.name must be one of ('mlp', 'cnn', 'vgg'), got 'resnet'"),
-    ([*SMOKE, "optimizer.name=rmsprop"], 2, "optimizer.name must be one of"),
+    pytest.param(["sweep=batch_size", "hydra.mode=RUN", "dataset=synthetic", "trainer.iterations=12", *SMOKE[1:]], 2,
+                 "trainer.iterations=12 cannot be met at batch size 128", id="iterations-off-by-more-than-5%"),  # fmt: skip
+    pytest.param([*SMOKE, "trainer.epochs=10", "trainer.iterations=3000"], 2,
+                 "trainer.iterations=3000 cannot be met at batch size 128 (8 iterations per epoch on 900 images): "
+                 "trainer.epochs=10 gives 10 epochs = 80 iterations", id="epochs-and-budget-disagree"),  # fmt: skip
+    # Unknown names: config groups, keys (composition), and a group option's name changed by hand.
+    ([*SMOKE, "model=resnet"], 2, "Could not find 'model/resnet'; available options in 'model': cnn, mlp, vgg"),
+    ([*SMOKE, "pooling=global"], 2, "Could not find 'pooling/global'; available options in 'pooling': avg, default, max, stride"),
+    ([*SMOKE, "optimizer=rmsprop"], 2, "Could not find 'optimizer/rmsprop'"),
+    ([*SMOKE, "dataset=imagenet"], 2, "Could not find 'dataset/imagenet'"),
+    ([*SMOKE, "trainer.epoch=3"], 2, "Could not override 'trainer.epoch': Key 'epoch' not in 'TrainerConfig'"),  # a typo
+    ([*SMOKE, "trainer.epochz=3"], 2, "Could not override 'trainer.epochz': Key 'epochz' not in 'TrainerConfig'"),
+    ([*SMOKE, "optimizer=adam", "optimizer.momentum=0.9"], 2, "Key 'momentum' not in 'AdamConfig'"),  # adam has none
+    ([*SMOKE, "model.name=resnet"], 2, "model.name='resnet' does not match this model config ('mlp'); choose another one with model=mlp|cnn|vgg"),
+    ([*SMOKE, "optimizer.name=rmsprop"], 2, "optimizer.name='rmsprop' does not match this optimizer config"),
     ([*SMOKE, "task=segment"], 2, "task must be one of classify"),
+    ([*SMOKE, "dataset=xor"], 2, "task=classify takes dataset=cifar100 or dataset=cifar10 or dataset=synthetic"),
     # Pooling only where the model has a pooling stage.
     ([*SMOKE, "pooling=max"], 2, "pooling=max has no effect on model=mlp"),
     ([*SMOKE, "model=vgg", "pooling=avg"], 2, "pooling=avg has no effect on model=vgg"),
     ([*SMOKE, "model=cnn", "pooling.name=median"], 2, "pooling=median is not a pooling tactic for model=cnn"),
+    ([*SMOKE, "model=vgg", "model.dropout=1.5"], 2, "model.dropout must be in [0, 1), got 1.5"),
     # Hidden sizes.
     ([*SMOKE, "model.hidden=[10,0]"], 2, "model.hidden entries must be a positive integer, got 0"),
-    ([*SMOKE, "model.hidden=[1.5]"], 2, "model.hidden entries must be a positive integer, got 1.5"),
-    ([*SMOKE, "model.hidden=[ten]"], 2, "model.hidden entries must be a positive integer, got 'ten'"),
+    ([*SMOKE, "model.hidden=[1.5]"], 2, "Value '1.5' of type 'float' could not be converted to Integer (key model.hidden[0])"),
+    ([*SMOKE, "model.hidden=[ten]"], 2, "Value 'ten' of type 'str' could not be converted to Integer (key model.hidden[0])"),
     # Class ids: out of range, repeated, empty, none chosen; the variant rule.
     ([*CIFAR, "dataset.classes=[0,100,5]"], 2, "dataset.classes=[0, 100, 5]: ids [100] are outside 0..99"),
     ([*CIFAR, "dataset.classes=[-1,2,3]"], 2, "ids [-1] are outside 0..99"),
     ([*CIFAR, "dataset.classes=[3,3,7]"], 2, "dataset.classes=[3, 3, 7] lists [3] more than once"),
     ([*CIFAR, "dataset.classes=[]"], 2, "dataset.classes is empty"),
-    ([*CIFAR, "dataset.classes=[a,b]"], 2, "dataset.classes must hold integer class ids, got 'a'"),
+    ([*CIFAR, "dataset.classes=[a,b]"], 2, "Value 'a' of type 'str' could not be converted to Integer (key dataset.classes[0])"),
     ([*SMOKE, "dataset.classes=[4,4,9]"], 2, "dataset.classes=[4, 4, 9] lists [4] more than once"),
     (CIFAR, 2, "no classes chosen: set dataset.classes=[a,b,c] or dataset.group=G dataset.variant=V"),
     ([*CIFAR, "dataset.group=90", "dataset.variant=4"], 2, "dataset.group=90 gives class 105 = 90 + 15, outside 0..99"),
@@ -95,7 +113,7 @@ CASES = [
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")),
     pytest.param([*SMOKE, "trainer.device=cuda:3"], 2, "no CUDA GPU", id="cuda3-no-gpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("args, status, message", CASES)
@@ -104,13 +122,16 @@ def test_a_bad_value_is_refused_before_any_run(args: list[str], status: int, mes
     assert_refused(tmp_path, capsys, args, status, message)
 
 
-def test_as_a_command_a_bad_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("args, message", [
+    (["dataset.classes=[0,100,5]"], "dataset.classes=[0, 100, 5]: ids [100] are outside 0..99"),
+    (["trainer.epochz=3"], "labsweep-train: Could not override 'trainer.epochz': Key 'epochz' not in 'TrainerConfig'"),
+], ids=["value", "composition"])  # fmt: skip
+def test_as_a_command_a_bad_value_exits_2_without_a_traceback(tmp_path: Path, args: list[str], message: str) -> None:
     before = run_count()
-    proc = subprocess.run([sys.executable, "-m", "labsweep.train", *CIFAR, "dataset.classes=[0,100,5]",
-                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 2
-    assert "dataset.classes=[0, 100, 5]: ids [100] are outside 0..99" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    ran = labsweep_train(*CIFAR, *args, tmp_path=tmp_path, timeout=300)
+    assert ran.code == 2, ran.output[-3000:]
+    assert message in ran.output
+    assert "Traceback" not in ran.output and "HYDRA_FULL_ERROR" not in ran.output
     assert run_count() == before
 
 
@@ -118,12 +139,10 @@ def test_as_a_command_a_bad_value_exits_2_without_a_traceback(tmp_path: Path) ->
 def test_a_sweep_whose_iteration_budget_is_under_one_epoch_makes_no_child_runs(tmp_path: Path) -> None:
     # 300 images: batch 128, 32, 64 and 256 all take more than 1 iteration an epoch.
     exp = "t-rel-iterations"
-    proc = subprocess.run([sys.executable, "-m", "labsweep.train", "sweep=batch_size", "dataset=synthetic",
-                           "dataset.train_per_class=100", "trainer.iterations=1", "trainer.progress=false",
-                           f"tracking.experiment={exp}", f"hydra.sweep.dir={tmp_path}/sweep"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
+    proc = labsweep_train("sweep=batch_size", "dataset=synthetic", "dataset.train_per_class=100", "trainer.iterations=1",
+                          "trainer.progress=false", f"tracking.experiment={exp}", tmp_path=tmp_path, timeout=300)  # fmt: skip
+    out = proc.output
+    assert proc.code == 1, out[-3000:]
     assert "trainer.iterations=1 is less than one epoch at batch size 128" in out
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])

@@ -10,41 +10,32 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from labsweep.build import build_training, model_spec
 from labsweep.checkpoint import load_checkpoint
 from labsweep.datasets import make_synthetic
-from labsweep.loop import fit
-from labsweep.models import ModelSpec, build_model
-from labsweep.optimizers import build_optimizer
+from labsweep.models import ModelSpec
 from labsweep.replicas import Replicas, StackedMLP, replicate
+from labsweep.schema import AdamConfig, CNNConfig, MLPConfig, OptimizerConfig, SGDConfig
 from labsweep.table import build_rows
-from labsweep.train import to_splits, train
 
 DATA = make_synthetic(train_per_class=60, test_per_class=20)
 
 
-def run(spec: ModelSpec, seeds: list[int], optimizer: str = "sgd", epochs: int = 3) -> tuple[list, Replicas]:
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        models.append(build_model(spec))
-    net = replicate([m.net for m in models])
-    opt = build_optimizer(optimizer, net.parameters(), lr=0.01, momentum=0.9 if optimizer == "sgd" else 0.0)
-    train_split, test_split = to_splits(models[0], DATA, torch.device("cpu"))
-    results = fit(net, opt, train_split, test_split, epochs=epochs, batch_size=32,
-                  generators=[torch.Generator().manual_seed(s) for s in seeds],
-                  log_metrics=[lambda m, s: None] * len(seeds), progress=False)  # fmt: skip
-    return results, net
+def run(spec: ModelSpec, seeds: list[int], optimizer: OptimizerConfig, epochs: int = 3) -> tuple[list, Replicas]:
+    training = build_training(spec, optimizer, DATA, seeds)
+    return training.fit(epochs=epochs, batch_size=32), training.net
 
 
 @pytest.mark.parametrize(
     "spec, optimizer",
     [
-        (ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=(10,)), "sgd"),
-        (ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=(16, 8)), "adam"),
-        (ModelSpec("cnn", 3, DATA.mean, DATA.std, pooling="max", channels=4), "sgd"),
+        (model_spec(MLPConfig(hidden=[10]), "none", DATA), SGDConfig(lr=0.01, momentum=0.9)),
+        (model_spec(MLPConfig(hidden=[16, 8]), "none", DATA), AdamConfig(lr=0.01, weight_decay=0.0)),
+        (model_spec(CNNConfig(channels=4), "max", DATA), SGDConfig(lr=0.01, momentum=0.9)),
     ],
+    ids=["mlp-sgd", "mlp2-adam", "cnn-sgd"],
 )
-def test_replica_k_matches_the_single_run_with_its_seed(spec: ModelSpec, optimizer: str) -> None:
+def test_replica_k_matches_the_single_run_with_its_seed(spec: ModelSpec, optimizer: OptimizerConfig) -> None:
     together, net = run(spec, [0, 1, 2], optimizer)
     assert isinstance(net, StackedMLP) == (spec.name == "mlp")
     for k, seed in enumerate([0, 1, 2]):
@@ -54,7 +45,7 @@ def test_replica_k_matches_the_single_run_with_its_seed(spec: ModelSpec, optimiz
                 assert a[key] == pytest.approx(b[key], abs=2e-5), (seed, key)
         # Adam divides by the root of each weight's squared gradients, so on weights whose gradient is
         # close to zero it turns summation-order differences (1e-7) into update differences (1e-4 at lr 0.01).
-        atol = 1e-4 if optimizer == "adam" else 2e-5
+        atol = 1e-4 if optimizer.name == "adam" else 2e-5
         for name, value in single_net.state(0).items():
             torch.testing.assert_close(net.state(k)[name], value, atol=atol, rtol=1e-4)
 
@@ -72,13 +63,8 @@ def threads(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("threads", [1, 4], indirect=True)  # 4 threads: each batch cut into 4 // K pieces
 @pytest.mark.parametrize("batch", [32, 30, 31])  # 30: cut into 3 pieces, not 4; 31: not cut at all
 def test_hand_written_mlp_gradients_equal_autograd(hidden: tuple[int, ...], k: int, threads: int, batch: int) -> None:
-    spec = ModelSpec("mlp", 3, DATA.mean, DATA.std, hidden=hidden)
-    models = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        models.append(build_model(spec))
-    net = replicate([m.net for m in models])
-    train_split, _ = to_splits(models[0], DATA, torch.device("cpu"))
+    training = build_training(model_spec(MLPConfig(hidden=list(hidden)), "none", DATA), SGDConfig(), DATA, range(k))
+    models, net, train_split = training.models, training.net, training.train
     batches = torch.randperm(len(train_split.y), generator=torch.Generator().manual_seed(0))[: batch * k]
     x, y = train_split.x[batches], train_split.y[batches]
 
@@ -99,12 +85,11 @@ def test_hand_written_mlp_gradients_equal_autograd(hidden: tuple[int, ...], k: i
                 torch.testing.assert_close(net.biases[i].grad[r, :, 0], layer.bias.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_replicas_log_like_separate_seeds_and_form_one_table_row(compose_cfg, tmp_path: Path) -> None:
+def test_replicas_log_like_separate_seeds_and_form_one_table_row(make_config, run_train, tmp_path: Path) -> None:
     experiment = "t-replicas"
-    base = ["experiment=smoke", "trainer.epochs=2", "dataset.train_per_class=60", "dataset.test_per_class=20",
-            f"tracking.experiment={experiment}"]  # fmt: skip
-    train(compose_cfg(*base, "trainer.replicas=3"), tmp_path / "together", {"model": "mlp"})
-    train(compose_cfg(*base, "seed=3"), tmp_path / "alone", {"model": "mlp"})  # a separately launched 4th seed
+    base = ["trainer.epochs=2", f"tracking.experiment={experiment}"]
+    run_train(make_config(*base, "trainer.replicas=3"), tmp_path / "together")
+    run_train(make_config(*base, "seed=3"), tmp_path / "alone")  # a separately launched 4th seed
 
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
@@ -120,14 +105,14 @@ def test_replicas_log_like_separate_seeds_and_form_one_table_row(compose_cfg, tm
     assert model(torch.zeros(2, 32, 32, 3)).shape == (2, 3)
 
 
-def test_diverging_replicas_end_failed_with_the_reason(compose_cfg, tmp_path: Path) -> None:
+def test_diverging_replicas_end_failed_with_the_reason(make_config, run_train) -> None:
     from labsweep.loop import DivergedError
 
     experiment = "t-replicas-diverge"
-    cfg = compose_cfg("experiment=smoke", "trainer.epochs=3", "trainer.replicas=2", "optimizer.lr=1e12",
-                      f"tracking.experiment={experiment}")  # fmt: skip
+    config = make_config("experiment=smoke", "trainer.epochs=3", "trainer.replicas=2", "optimizer.lr=1e12",
+                         f"tracking.experiment={experiment}", small=False)  # fmt: skip
     with pytest.raises(DivergedError, match="diverged at epoch"):
-        train(cfg, tmp_path, {"model": "mlp"})
+        run_train(config)
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 2
@@ -137,14 +122,10 @@ def test_diverging_replicas_end_failed_with_the_reason(compose_cfg, tmp_path: Pa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (trainer.device=auto picks it)")
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_replicas_on_the_gpu_compute_what_they_compute_on_the_cpu(name: str) -> None:
-    spec = ModelSpec(name, 3, DATA.mean, DATA.std, hidden=(16,), pooling="avg", channels=4)
-    models = []
-    for seed in range(2):
-        torch.manual_seed(seed)
-        models.append(build_model(spec))
-    cpu_split, _ = to_splits(models[0], DATA, torch.device("cpu"))
-    x, y = cpu_split.x[:64], cpu_split.y[:64]
-    on_cpu = replicate([m.net for m in models])
+    model = MLPConfig(hidden=[16]) if name == "mlp" else CNNConfig(channels=4)
+    training = build_training(model_spec(model, "none" if name == "mlp" else "avg", DATA), SGDConfig(), DATA, [0, 1])
+    models, on_cpu = training.models, training.net
+    x, y = training.train.x[:64], training.train.y[:64]
     on_gpu = replicate([copy.deepcopy(m.net).cuda() for m in models])
     loss_cpu, acc_cpu = on_cpu.compute_gradients(x, y)
     loss_gpu, acc_gpu = on_gpu.compute_gradients(x.cuda(), y.cuda())

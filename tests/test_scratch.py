@@ -26,7 +26,7 @@ from labsweep.scratch.numpy_mlp import (
 )
 from labsweep.scratch.regression import run_regression
 from labsweep.scratch.toy_data import make_binary, make_multiclass, regression_data, split_seed
-from labsweep.scratch.xor import run_binary
+from labsweep.scratch.binary import run_binary
 
 
 def rel_err(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from labsweep.schema import ConfigError
 from labsweep.table import build_rows, render
-from labsweep.train import ConfigError, train
 
 CASES = {
     "regression": (["experiment=lab1_regression", "trainer.iterations=2000", "trainer.plot_every=500"],
@@ -22,10 +22,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_each_scratch_lab_logs_metrics_and_plots_to_mlflow(compose_cfg, tmp_path: Path, case: str) -> None:
+def test_each_scratch_lab_logs_metrics_and_plots_to_mlflow(make_config, run_train, tmp_path: Path, case: str) -> None:
     overrides, metrics, plots = CASES[case]
     experiment = f"t-scratch-{case}"
-    train(compose_cfg(*overrides, f"tracking.experiment={experiment}"), tmp_path, {"experiment": overrides[0][11:]})
+    run_train(make_config(*overrides, f"tracking.experiment={experiment}", small=False), choices={"experiment": overrides[0][11:]})
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
@@ -39,12 +39,13 @@ def test_each_scratch_lab_logs_metrics_and_plots_to_mlflow(compose_cfg, tmp_path
     assert ("mse = " if case == "regression" else "test = ") in render(rows)
 
 
-def test_scratch_labs_check_their_config(compose_cfg, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="exactly one hidden layer"):
-        train(compose_cfg("experiment=lab1_xor", "model.hidden=[4,4]"), tmp_path, {})
-    with pytest.raises(ConfigError, match="trainer.iterations"):
-        train(compose_cfg("experiment=lab1_regression", "trainer.iterations=0"), tmp_path, {})
-    with pytest.raises(ConfigError, match="dataset.name"):
-        train(compose_cfg("experiment=lab1_xor", "dataset=blobs", "trainer.iterations=10"), tmp_path, {})
-    with pytest.raises(ConfigError, match="task=numpy_mlp takes dataset=moons or dataset=blobs"):
-        train(compose_cfg("experiment=hw05_numpy", "dataset=xor"), tmp_path, {})
+@pytest.mark.parametrize("overrides, message", [
+    (["experiment=lab1_xor", "model.hidden=[4,4]"], "task=binary has exactly one hidden layer"),
+    (["experiment=lab1_regression", "trainer.iterations=0"], "trainer.iterations must be a positive integer"),
+    (["experiment=lab1_xor", "dataset=blobs", "trainer.iterations=10"], "task=binary takes dataset=xor or dataset=circles"),
+    (["experiment=hw05_numpy", "dataset=xor"], "task=numpy_mlp takes dataset=moons or dataset=blobs"),
+    (["experiment=lab1_regression", "trainer.iterations=null"], "task=regression needs trainer.iterations"),
+])  # fmt: skip
+def test_scratch_labs_check_their_config(make_config, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config(*overrides, small=False)  # refused when the config is typed, before any run

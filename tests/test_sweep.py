@@ -6,29 +6,24 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import labsweep_train
+from conftest import SHARED_DATA, SLICE
 from mlflow.tracking import MlflowClient
+from store import runs_in as runs
 
-from labsweep.config import batches_per_epoch, epochs_for
+from labsweep.build import batches_per_epoch, build_schedule
+from labsweep.schema import ConfigError, TrainerConfig
 from labsweep.table import build_rows, main as table_main, render
 from labsweep.tracking import experiment_id
 
 SMALL = ["dataset=synthetic", "dataset.train_per_class=100", "dataset.test_per_class=20", "trainer.progress=false"]
 
 
-def labsweep_train(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "labsweep.train", *args, f"hydra.sweep.dir={tmp_path}/sweep"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-
-
-def runs(experiment: str) -> list:
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+def epochs_for(iterations: int, batch_size: int, train_size: int) -> int:
+    return build_schedule(TrainerConfig(epochs=None, iterations=iterations, batch_size=batch_size), train_size).epochs
 
 
 def test_epochs_from_an_iteration_budget() -> None:
@@ -37,8 +32,30 @@ def test_epochs_from_an_iteration_budget() -> None:
     assert epochs_for(3000, 128, 1500) == 250
     assert epochs_for(3000, 512, 1500) == 1000  # batch x4 -> epochs x4 fewer updates each... 3 per epoch
     assert epochs_for(3000, 32, 1500) == 64  # 47 updates per epoch: 63.8 rounds to 64 (3,008 iterations)
-    with pytest.raises(ValueError, match="less than one epoch"):
+    with pytest.raises(ConfigError, match="trainer.iterations=5 is less than one epoch"):
         epochs_for(5, 128, 1500)
+    # 47 updates per epoch: 2 epochs give 94 iterations, 6% short of 100: not silently accepted.
+    with pytest.raises(ConfigError, match="trainer.iterations=100 cannot be met at batch size 32"):
+        epochs_for(100, 32, 1500)
+    # Epochs and a budget both given must agree (within 5%).
+    with pytest.raises(ConfigError, match="trainer.epochs=25 gives 25 epochs = 300 iterations"):
+        build_schedule(TrainerConfig(epochs=25, iterations=3000), 1500)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar-10-batches-py").is_dir(), reason="needs the development slice")
+def test_an_iteration_budget_uses_the_training_set_actually_loaded(make_config, run_train) -> None:
+    # The slice without its caps: data_batch_1's images of classes 0-2, not CIFAR-10's nominal 5,000 a class.
+    config = make_config(*SLICE, "sweep=batch_size", "dataset.max_train_per_class=null", "dataset.max_test_per_class=20",
+                         "trainer.iterations=240", "trainer.batch_size=512", "trainer.progress=false",
+                         "tracking.experiment=t-budget-loaded", small=False)  # fmt: skip
+    assert config.trainer.epochs is None  # the sweep preset derives them
+    run_train(config)
+    (run,) = runs("t-budget-loaded")
+    images = int(run.data.params["derived.train_images"])
+    assert 2500 < images < 3500  # what data_batch_1 holds of 3 classes
+    per_epoch = batches_per_epoch(images, 512)
+    assert int(run.data.params["trainer.epochs"]) == round(240 / per_epoch)
+    assert abs(int(run.data.params["derived.iterations"]) - 240) <= 0.05 * 240
 
 
 @pytest.mark.slow
@@ -46,7 +63,7 @@ def test_batch_size_sweep_parent_children_scaled_epochs_and_skip_on_relaunch(tmp
     exp = "t-sweep-batch"
     args = ["sweep=batch_size", *SMALL, "trainer.iterations=30", f"tracking.experiment={exp}"]
     first = labsweep_train(*args, tmp_path=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.code == 0, first.output[-3000:]
 
     all_runs = runs(exp)
     parents = [r for r in all_runs if r.data.tags.get("labsweep.role") == "sweep"]
@@ -67,12 +84,12 @@ def test_batch_size_sweep_parent_children_scaled_epochs_and_skip_on_relaunch(tmp
     assert "results.md" in {a.path for a in MlflowClient().list_artifacts(parent_id)}
 
     again = labsweep_train(*args, tmp_path=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 finished, 4 skipped, 0 failed" in again.stdout + again.stderr
+    assert again.code == 0, again.output[-3000:]
+    assert "0 finished, 4 skipped, 0 failed" in again.output
     assert len([r for r in runs(exp) if r.data.tags.get("labsweep.role") != "sweep"]) == 4
 
     forced = labsweep_train(*args, "trainer.batch_size=32", "tracking.skip_finished=false", tmp_path=tmp_path)
-    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert forced.code == 0, forced.output[-3000:]
     assert len([r for r in runs(exp) if r.data.tags.get("labsweep.role") != "sweep"]) == 5
 
 
@@ -81,8 +98,8 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_exits_non_zero(tmp
     exp = "t-sweep-fail"
     proc = labsweep_train("-m", *SMALL, "trainer.epochs=3", "optimizer.lr=0.005,1e12", f"tracking.experiment={exp}",
                           tmp_path=tmp_path)  # fmt: skip
-    assert proc.returncode == 1
-    out = proc.stdout + proc.stderr
+    assert proc.code == 1
+    out = proc.output
     assert "1 finished, 0 skipped, 1 failed" in out and "diverged" in out
     children = {r.data.params["optimizer.lr"]: r for r in runs(exp) if r.data.tags.get("labsweep.role") != "sweep"}
     assert children["0.005"].info.status == "FINISHED"

@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed process never leaves a truncated file that a later run would trust."""
+"""Safe file writes: atomic (a killed process never leaves a truncated file that a later run would trust),
+and one process at a time where several may write the same thing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -40,3 +42,31 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(dest)
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a matplotlib ``Figure`` atomically as PNG (no pyplot, so no global backend is chosen)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return Path(path)
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created with its folder) for the block: one process at a time
+    (parallel jobs creating one MLflow store, or downloading one archive). No lock where that is impossible
+    (Windows, an unwritable folder): the atomic renames still hold, and the caller reports its own error."""
+    try:
+        import fcntl
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -4,7 +4,6 @@ so evaluation and export rebuild the model from the file alone. Loaded with
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from labsweep.atomic import atomic_path
 from labsweep.models import Classifier, ModelSpec, build_model
+from labsweep.schema import ConfigError
 
 FORMAT = "labsweep-checkpoint/1"
 
@@ -36,7 +36,7 @@ def save_checkpoint(
     """Write the checkpoint atomically (a killed job never leaves a truncated file)."""
     payload = {
         "format": FORMAT,
-        "model": dataclasses.asdict(spec),
+        "model": spec.to_dict(),  # the model's typed config as plain data
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         # Plain Python types only, so that torch.load(weights_only=True) accepts the file.
         "class_ids": [int(i) for i in class_ids],
@@ -110,30 +110,10 @@ def load_checkpoint(path: Path) -> tuple[Classifier, dict[str, Any]]:
 
 
 def _spec(path: Path, model: Any) -> ModelSpec:
-    """The ModelSpec stored in a checkpoint, with its fields type-checked."""
+    """The ModelSpec stored in a checkpoint, checked by the same schema as the command line."""
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise CheckpointError(f"{path}: 'model' does not describe a model (no model name)")
-    fields = {f.name for f in dataclasses.fields(ModelSpec)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k in fields}
     try:
-        spec = ModelSpec(**values)
-    except TypeError as exc:  # a required field is missing
-        raise CheckpointError(f"{path}: the model spec is incomplete ({exc})") from exc
-    checks = {
-        "num_classes": isinstance(spec.num_classes, int) and spec.num_classes >= 1,
-        "mean": _numbers(spec.mean, 3),
-        "std": _numbers(spec.std, 3) and all(s > 0 for s in spec.std),
-        "hidden": isinstance(spec.hidden, tuple) and all(isinstance(h, int) and h > 0 for h in spec.hidden),
-        "pooling": isinstance(spec.pooling, str),
-        "channels": isinstance(spec.channels, int) and spec.channels > 0,
-        "dropout": isinstance(spec.dropout, (int, float)) and 0 <= spec.dropout < 1,
-    }
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        raise CheckpointError(f"{path}: the model spec has invalid {', '.join(bad)}: {values}")
-    return spec
-
-
-def _numbers(value: Any, count: int) -> bool:
-    return (isinstance(value, tuple) and len(value) == count
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))  # fmt: skip
+        return ModelSpec.from_dict(model)
+    except (ConfigError, TypeError, ValueError) as exc:  # a bad value, a field of the wrong type
+        raise CheckpointError(f"{path}: the model spec is invalid ({exc})") from exc

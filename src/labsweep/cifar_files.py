@@ -20,8 +20,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from labsweep.atomic import atomic_path
+from labsweep.atomic import atomic_path, exclusive_lock
 
 try:  # numpy >= 2 moved the array internals to numpy._core
     from numpy._core.multiarray import _reconstruct
@@ -295,7 +294,7 @@ def ensure_dataset(
             f"{spec.folder}/, or set dataset.download=true."
         )
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / f".{spec.archive}.lock"):
+    with exclusive_lock(root / f".{spec.archive}.lock"):  # parallel jobs: one downloads, the rest wait
         if folder.is_dir():  # another job finished it while we waited
             return folder
         _remove_leftovers(root, spec)
@@ -306,22 +305,6 @@ def ensure_dataset(
             _download(url, archive, spec.archive_md5, verify=verify)
         _extract(archive, root, spec.folder)
     return folder
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    # Jobs of a parallel sweep may all find the folder missing; one downloads, the rest wait.
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, the atomic renames still hold
-        yield
-        return
-    with lock_path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _remove_leftovers(root: Path, spec: CifarLayout) -> None:

@@ -8,7 +8,6 @@ and the original class ids and names for reports.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ __all__ = [
     "ImageData",
     "VariantRule",
     "check_classes",
-    "default_data_root",
     "load_cifar10",
     "load_cifar100",
     "make_synthetic",
@@ -204,14 +202,6 @@ def resolve_classes(
 # --------------------------------------------------------------------------- CIFAR loading
 
 
-def default_data_root() -> Path:
-    """``$LABSWEEP_DATA`` if set, else ``<project root>/data``."""
-    env = os.environ.get("LABSWEEP_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data"
-
-
 def load_cifar100(
     root: Path,
     classes: Sequence[int],
@@ -233,11 +223,10 @@ def load_cifar100(
     meta = load_file(folder, "cifar100", "meta", verify=verify)
     names = _label_names(meta, "fine_label_names", 100, folder / "meta")
     splits = []
-    for filename, cap, cap_key in (("train", max_train_per_class, "max_train_per_class"),
-                                   ("test", max_test_per_class, "max_test_per_class")):
+    for filename, cap in (("train", max_train_per_class), ("test", max_test_per_class)):
         d = load_file(folder, "cifar100", filename, verify=verify)
         data, labels = _batch_arrays(d, "fine_labels", 100, folder / filename)
-        splits.append(_select(data, labels, ids, _check_cap(cap, cap_key), str(folder / filename)))
+        splits.append(_select(data, labels, ids, cap, str(folder / filename)))
     (train_x, train_y), (test_x, test_y) = splits
     return ImageData("cifar100", train_x, train_y, test_x, test_y, ids,
                      tuple(names[i] for i in ids), CIFAR100_MEAN, CIFAR100_STD)
@@ -278,13 +267,13 @@ def load_cifar10(
     train_data = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     train_labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
     train_x, train_y = _select(train_data, train_labels, ids,
-                               _check_cap(max_train_per_class, "max_train_per_class"),
+                               max_train_per_class,
                                f"{folder} ({', '.join(batches)})")
 
     d = load_file(folder, "cifar10", "test_batch", verify=verify)
     test_data, test_labels = _batch_arrays(d, "labels", 10, folder / "test_batch")
     test_x, test_y = _select(test_data, test_labels, ids,
-                             _check_cap(max_test_per_class, "max_test_per_class"),
+                             max_test_per_class,
                              str(folder / "test_batch"))
     return ImageData("cifar10", train_x, train_y, test_x, test_y, ids,
                      tuple(names[i] for i in ids), CIFAR10_MEAN, CIFAR10_STD)
@@ -328,12 +317,6 @@ def _batch_arrays(
     return data, labels.astype(np.int64)
 
 
-def _check_cap(cap: int | None, key: str) -> int | None:
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise DataError(f"dataset.{key} must be a positive integer or null, got {cap!r}")
-    return cap
-
-
 def _select(
     data: np.ndarray, labels: np.ndarray, ids: tuple[int, ...], cap: int | None, source: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -371,12 +354,9 @@ def make_synthetic(
 
     Each class is a smooth colour pattern; every image shows it shifted by up to 4 pixels,
     under a stronger random smooth pattern, with brightness/colour jitter and pixel noise.
-    Depends only on the arguments (its own ``np.random.default_rng(seed)``).
+    Depends only on the arguments (its own ``np.random.default_rng(seed)``); their ranges are checked by
+    ``labsweep.schema.SyntheticConfig``.
     """
-    for key, value, low in (("num_classes", num_classes, 2), ("train_per_class", train_per_class, 1),
-                            ("test_per_class", test_per_class, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise DataError(f"dataset.{key} must be an integer >= {low}, got {value!r}")
     if class_ids is None:
         ids = tuple(range(num_classes))
     else:

@@ -8,7 +8,6 @@ PyTorch on real test images) before it is written: a file at ``--output`` is alw
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -30,9 +29,10 @@ import torch
 
 from labsweep.atomic import atomic_path
 from labsweep.checkpoint import CheckpointError, load_checkpoint
-from labsweep.config import PROJECT_ROOT
-from labsweep.datasets import DataError, load_cifar10, load_cifar100, make_synthetic
+from labsweep.datasets import DataError
 from labsweep.models import Classifier, ModelSpec, notation
+from labsweep.paths import PROJECT_ROOT
+from labsweep.schema import ConfigError, dataset_from_dict
 
 # 18: the newest opset both torch exporters emit natively, run by onnxruntime >= 1.14. With this exporter every
 # model (mlp [10] and [], cnn avg/max/stride, vgg) exports and verifies at each opset 9..20; see export_onnx.
@@ -78,7 +78,7 @@ def onnx_metadata(
         "class_ids": json.dumps([int(i) for i in class_ids]),
         "class_names": json.dumps([str(n) for n in class_names], ensure_ascii=False),
         "notation": notation(spec),
-        "model_spec": json.dumps(dataclasses.asdict(spec)),
+        "model_spec": json.dumps(spec.to_dict()),
         "input_format": f"{INPUT}: float32 (batch, 32, 32, 3), RGB pixel values 0-255 (NHWC); the model normalises",
         "output_format": f"{OUTPUT}: float32 (batch, classes) logits; output column i is class_ids[i]",
     }
@@ -212,34 +212,24 @@ def batch_of(images: np.ndarray, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------- verification images
 
 
-def verification_images(
-    dataset: Mapping[str, Any], class_ids: Sequence[int], count: int = max(VERIFY_BATCHES)
-) -> tuple[np.ndarray, str]:
-    """Up to ``count`` test images of the run's dataset (described by the checkpoint's resolved ``dataset``
-    config), never downloaded; random pixels when the data is not on this machine. Returns them and
-    where they came from, in words."""
+def verification_images(dataset: Mapping[str, Any], count: int = max(VERIFY_BATCHES)) -> tuple[np.ndarray, str]:
+    """Up to ``count`` test images of the run's dataset (the checkpoint's resolved ``dataset`` config,
+    rebuilt through the same builder as training), never downloaded; random pixels when the data is not on
+    this machine. Returns them and where they came from, in words."""
+    from labsweep.build import load_test_split
+
     name = dataset.get("name")
     try:
-        if name == "synthetic":
-            data = make_synthetic(
-                num_classes=len(class_ids), train_per_class=int(dataset.get("train_per_class", 300)),
-                test_per_class=int(dataset.get("test_per_class", 100)), seed=int(dataset.get("seed", 0)),
-                class_ids=None if dataset.get("classes") is None else list(class_ids),
-            )  # fmt: skip
-            images = data.test_x[:count]
-            return images, f"{len(images)} synthetic test images (regenerated from the run's config)"
-        if name in ("cifar100", "cifar10"):
-            load = load_cifar100 if name == "cifar100" else load_cifar10
-            root, cap = Path(str(dataset.get("root"))), dataset.get("max_test_per_class")
-            with quiet_logger("labsweep"):  # the loaders' notes (missing train batches, md5s) concern training
-                data = load(root, list(class_ids), verify=bool(dataset.get("verify", True)), download=False,
-                            max_train_per_class=1, max_test_per_class=cap)  # fmt: skip
-            images = data.test_x[:count]  # file order: the classes are interleaved
-            return images, f"{len(images)} {name} test images from {root}"
-        reason = f"no loader for dataset {name!r}" if name else "the checkpoint names no dataset"
-    except (DataError, OSError, ValueError, TypeError) as exc:
+        config = dataset_from_dict(dict(dataset))
+        with quiet_logger("labsweep"):  # the loaders' notes (missing train batches, md5s) concern training
+            images = load_test_split(config).test_x[:count]  # type: ignore[arg-type]  # file order: classes interleaved
+        where = "(regenerated from the run's config)" if name == "synthetic" else f"from {dataset.get('root')}"
+        return images, f"{len(images)} {name} test images {where}"
+    except KeyError:
+        reason = f"no loader for dataset {name!r}"
+    except (ConfigError, DataError, OSError, ValueError, TypeError) as exc:
         # Only the first sentence: the loaders' advice (re-download, dataset.verify) is about training.
-        reason = f"{name} test images unavailable: {str(exc).split('. ')[0].rstrip('.')}"
+        reason = f"{name} test images unavailable: {str(exc).split('. ')[0].rstrip('.')}" if name else "the checkpoint names no dataset"
     pixels = np.random.default_rng(0).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
     return pixels, f"{count} random images ({reason})"
 
@@ -401,7 +391,7 @@ def export_run(client: Any, run: Any, args: argparse.Namespace) -> Path:
         spec = spec_of(payload)
         class_ids, class_names = payload["class_ids"], payload["class_names"]
         print(f"rebuilt {notation(spec)} from {name} (epoch {payload.get('epoch', '?')}) of run {run_id}")
-        images, source = verification_images((payload.get("config") or {}).get("dataset") or {}, class_ids)
+        images, source = verification_images((payload.get("config") or {}).get("dataset") or {})
         meta = onnx_metadata(spec, class_ids, class_names, run_id=run_id, checkpoint=name)
         check = export_verified(model, output, images, meta, opset=args.opset, images_source=source)
         print(f"verified: ONNX checker passed; onnxruntime matches PyTorch on {check.images} at batch sizes "
@@ -418,8 +408,7 @@ def export_run(client: Any, run: Any, args: argparse.Namespace) -> Path:
 
 
 def spec_of(payload: Mapping[str, Any]) -> ModelSpec:
-    fields = {f.name for f in dataclasses.fields(ModelSpec)}
-    return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["model"].items() if k in fields})
+    return ModelSpec.from_dict(payload["model"])  # load_checkpoint has checked it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

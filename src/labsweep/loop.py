@@ -9,16 +9,15 @@ replica.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from labsweep.callbacks import LogMetrics
 from labsweep.replicas import Replicas
-
-LogMetrics = Callable[[dict[str, float], int], None]
 
 
 class DivergedError(RuntimeError):

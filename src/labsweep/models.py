@@ -3,28 +3,69 @@ as the seed's ``Normalize`` does, so a saved or exported model takes raw pixels 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-POOLINGS = ("avg", "max", "stride")
-MODELS = ("mlp", "cnn", "vgg")
+from labsweep.schema import (
+    POOLINGS,
+    ConfigError,
+    ModelConfig,
+    check_pooling,
+    model_from_dict,
+)
+
+__all__ = ["NETS", "POOLINGS", "Classifier", "ModelSpec", "Normalize", "build_model", "cnn", "mlp", "notation", "vgg"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to rebuild a model: stored in checkpoints, so export needs no config files."""
+    """A model config resolved against its data: everything needed to rebuild the model. A checkpoint
+    stores it as a plain dict (``to_dict``) and ``from_dict`` + ``build_model`` rebuild the model from it."""
 
-    name: str  # mlp | cnn | vgg
+    model: ModelConfig
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    hidden: tuple[int, ...] = (10,)  # mlp: hidden layer sizes
     pooling: str = "none"  # cnn: avg | max | stride
-    channels: int = 32  # cnn: first conv's filters
-    dropout: float = 0.5  # vgg
+
+    def __post_init__(self) -> None:
+        check_pooling(self.model, self.pooling)  # pooling only where the model has a pooling stage
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat plain data: the model's config fields, its pooling, class count and normalisation."""
+        return {**dataclasses.asdict(self.model), "pooling": self.pooling, "num_classes": self.num_classes,
+                "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
+
+    @staticmethod
+    def from_dict(fields: Mapping[str, Any]) -> ModelSpec:
+        """The spec ``to_dict`` wrote (or an older checkpoint's flat spec), checked as the command line is:
+        raises ConfigError naming what is wrong."""
+        if not isinstance(fields, Mapping):
+            raise ConfigError("the model spec is not a mapping of fields")
+        model = model_from_dict(dict(fields))
+        num_classes, pooling = fields.get("num_classes"), fields.get("pooling", "none")
+        mean, std = fields.get("mean"), fields.get("std")
+        bad = [name for name, ok in (
+            ("num_classes", isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1),
+            ("mean", _numbers(mean, 3)), ("std", _numbers(std, 3) and all(s > 0 for s in std)),  # type: ignore[union-attr]
+            ("pooling", isinstance(pooling, str))) if not ok]  # fmt: skip
+        if bad:
+            raise ConfigError(f"invalid {', '.join(bad)}: {dict(fields)}")
+        return ModelSpec(model, num_classes, tuple(mean), tuple(std), pooling)  # type: ignore[arg-type]
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))  # fmt: skip
 
 
 class Normalize(nn.Module):
@@ -112,27 +153,44 @@ def vgg(num_classes: int, dropout: float = 0.5) -> nn.Sequential:
     )  # fmt: skip
 
 
+def _mlp_notation(spec: ModelSpec) -> str:
+    return ", ".join(f"FC({n})" for n in (*spec.model.hidden, spec.num_classes))
+
+
+def _cnn_notation(spec: ModelSpec) -> str:
+    c = spec.model.channels
+    conv2 = f"Conv({2 * c}, 3×3, s2)" if spec.pooling == "stride" else f"Conv({2 * c}, 3×3)"
+    pool = {"avg": ["AvgPool"], "max": ["MaxPool"], "stride": []}[spec.pooling]
+    return ", ".join([f"Conv({c}, 5×5, s4)", conv2, *pool, f"FC({spec.num_classes})"])
+
+
+def _vgg_notation(spec: ModelSpec) -> str:
+    return f"VGG(64-128-256-256-512-512, BN, Dropout {spec.model.dropout}), FC(256), FC({spec.num_classes})"
+
+
+@dataclass(frozen=True)
+class Net:
+    """How to build one kind of model: its input layout, its layers, the report's notation for it."""
+
+    layout: str  # what Normalize hands the net: "flat" (MLP) or "nchw" (CNNs)
+    layers: Callable[[ModelSpec], nn.Sequential]
+    notation: Callable[[ModelSpec], str]
+
+
+# The one place a model name is dispatched (its config's shape is in labsweep.schema.MODELS).
+NETS: dict[str, Net] = {
+    "mlp": Net("flat", lambda s: mlp(s.model.hidden, s.num_classes), _mlp_notation),
+    "cnn": Net("nchw", lambda s: cnn(s.pooling, s.num_classes, s.model.channels), _cnn_notation),
+    "vgg": Net("nchw", lambda s: vgg(s.num_classes, s.model.dropout), _vgg_notation),
+}
+
+
 def build_model(spec: ModelSpec) -> Classifier:
     """Build the classifier a spec describes (fresh weights from the global torch seed)."""
-    if spec.name == "mlp":
-        return Classifier(Normalize(spec.mean, spec.std, "flat"), mlp(spec.hidden, spec.num_classes))
-    if spec.name == "cnn":
-        net = cnn(spec.pooling, spec.num_classes, spec.channels)
-        return Classifier(Normalize(spec.mean, spec.std, "nchw"), net)
-    if spec.name == "vgg":
-        return Classifier(Normalize(spec.mean, spec.std, "nchw"), vgg(spec.num_classes, spec.dropout))
-    raise ValueError(f"model must be one of {MODELS}, got {spec.name!r}")
+    net = NETS[spec.name]
+    return Classifier(Normalize(spec.mean, spec.std, net.layout), net.layers(spec))
 
 
 def notation(spec: ModelSpec) -> str:
     """The report's network notation: ``FC(10), FC(3)``; ``Conv(32, 5×5, s4), Conv(64, 3×3), AvgPool, FC(3)``."""
-    if spec.name == "mlp":
-        return ", ".join(f"FC({n})" for n in (*spec.hidden, spec.num_classes))
-    if spec.name == "cnn":
-        c = spec.channels
-        conv2 = f"Conv({2 * c}, 3×3, s2)" if spec.pooling == "stride" else f"Conv({2 * c}, 3×3)"
-        pool = {"avg": ["AvgPool"], "max": ["MaxPool"], "stride": []}[spec.pooling]
-        return ", ".join([f"Conv({c}, 5×5, s4)", conv2, *pool, f"FC({spec.num_classes})"])
-    if spec.name == "vgg":
-        return f"VGG(64-128-256-256-512-512, BN, Dropout {spec.dropout}), FC(256), FC({spec.num_classes})"
-    raise ValueError(f"model must be one of {MODELS}, got {spec.name!r}")
+    return NETS[spec.name].notation(spec)

@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report, precision_recall_fscore_support
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    classification_report,
+    precision_recall_fscore_support,
+)
 from torch import nn
 
-from labsweep.atomic import atomic_path, write_text
+from labsweep.atomic import save_figure, write_text
 
 
 def target_names(class_ids: Sequence[int], class_names: Sequence[str]) -> list[str]:
@@ -37,12 +41,6 @@ def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[st
         key = name.replace(" ", "_")
         metrics |= {f"{split}/precision/{key}": p, f"{split}/recall/{key}": r, f"{split}/f1/{key}": f}
     return metrics
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
 
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], title: str) -> Figure:

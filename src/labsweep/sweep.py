@@ -32,11 +32,6 @@ from labsweep.tracking import TrackingError, check_tracking, experiment_id, retr
 log = logging.getLogger("labsweep.sweep")
 
 ENV = "LABSWEEP_SWEEP"  # how jobs (in this process or launched ones) find their sweep
-# Keys that do not change what a job computes: left out of the config hash (the table's row key).
-NOT_PART_OF_RESULT = ("tracking", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads", "trainer.replicas",
-                      "dataset.root", "dataset.download", "dataset.verify", "dataset.url")  # fmt: skip
-
-
 @dataclass(frozen=True)
 class SweepContext:
     sweep_id: str
@@ -60,36 +55,6 @@ class SweepContext:
         """Write how this job ended (finished / skipped / failed) for the sweep's summary."""
         entry = {"job": self.job_num, "status": status, **details}
         write_text(self.record_path(), json.dumps(entry, default=str))
-
-
-def _drop(tree: dict[str, Any], dotted: str) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree.get(key) or {}
-    tree.pop(leaf, None)
-
-
-def config_hash(resolved: Mapping[str, Any], *, with_seed: bool) -> str:
-    """A short hash of what a job computes. Without the seed it is the results table's row key;
-    with it, the identity used to skip jobs that already have a FINISHED run."""
-    tree = json.loads(json.dumps(resolved, default=str))
-    for key in NOT_PART_OF_RESULT:
-        _drop(tree, key)
-    if not with_seed:
-        tree.pop("seed", None)
-    return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def finished_run(uri: str | None, experiment: str, run_key: str) -> str | None:
-    """The id of a FINISHED run with this exact configuration (seed included), if there is one."""
-    client = tracking.client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'", max_results=1
-    )
-    return runs[0].info.run_id if runs else None
 
 
 def task_overrides(config: DictConfig) -> list[str]:
@@ -287,7 +252,11 @@ class SweepCallback(Callback):
         return len(runs)
 
     def _log_table(self, config: DictConfig) -> None:
-        from labsweep.table import build_rows, plot_rows, render  # imported late: only needed here
+        from labsweep.table import (  # imported late: only needed here
+            build_rows,
+            plot_rows,
+            render,
+        )
 
         assert self.context is not None and self.client is not None
         rows = build_rows(self.client, str(config.tracking.experiment), self.context.sweep_id)

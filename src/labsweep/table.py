@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import statistics
 import sys
@@ -18,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labsweep.atomic import write_text
+from labsweep.atomic import save_figure, write_text
+from labsweep.runs import NOT_PART_OF_RESULT
 
-# Params that never make two rows differ in a way worth a comment.
-QUIET = ("seed", "tracking.", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads", "trainer.replicas", "dataset.root",
-         "dataset.download", "dataset.verify", "dataset.url", "lr_scale.", "derived.", "trainer.iterations")  # fmt: skip
+# Params that never make two rows differ in a way worth a comment: what does not change a result, the
+# seed, and the values other params already say (the lr sweep's inputs, derived counts, the budget).
+QUIET = (*NOT_PART_OF_RESULT, "seed", "lr_scale", "derived.", "trainer.iterations")
 Z95 = 1.96
 
 
@@ -113,10 +115,6 @@ def _ratio(a: float, b: float, what: str) -> str:
     return f"{what} {a:g} → {b:g}"
 
 
-def _hidden(text: str) -> list[int]:
-    return [int(x) for x in text.strip("[] ").split(",") if x.strip()]
-
-
 def describe_change(base: dict[str, str], row: dict[str, str]) -> list[str]:
     """The row's hyperparameter changes against the baseline, in the course's words."""
     changes: list[str] = []
@@ -135,7 +133,7 @@ def describe_change(base: dict[str, str], row: dict[str, str]) -> list[str]:
         held = base.get("trainer.iterations") not in (None, "None") and base.get("trainer.iterations") == row.get("trainer.iterations")
         changes[-1] += " (iterations held)" if held else ""
     if "model.hidden" in differs:
-        a, b = _hidden(base["model.hidden"]), _hidden(row["model.hidden"])
+        a, b = json.loads(base["model.hidden"]), json.loads(row["model.hidden"])  # logged as str(list): JSON
         if len(a) != len(b):
             changes.append(f"layers {len(a)} → {len(b)}" + (f" ({b})" if len(set(b)) > 1 else ""))
         else:
@@ -239,7 +237,6 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str) -> Path:
     """Test accuracy (mean ± std over seeds) against the swept value, one point per row."""
     from matplotlib.figure import Figure
 
-    from labsweep.reports import save_figure
 
     fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
     ax = fig.add_subplot()

@@ -27,11 +27,11 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from labsweep.config import PROJECT_ROOT
+from labsweep.atomic import exclusive_lock
+from labsweep.paths import DEFAULT_STORE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = PROJECT_ROOT / "outputs" / "mlflow.db"
 # MLflow's per-request limits for log_batch.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 CHECK_TIMEOUT = 5.0  # seconds for the reachability check of a tracking server
@@ -90,31 +90,11 @@ def client(uri: str | None = None) -> MlflowClient:
     with _ready_lock:
         if resolved in _ready:
             return MlflowClient(resolved)
-        with _file_lock(db_path.with_name(db_path.name + ".lock")):
+        with exclusive_lock(db_path.with_name(db_path.name + ".lock")):
             mlflow_client = MlflowClient(resolved)  # may create the store: tables, migrations
             mlflow_client.search_experiments(max_results=1)
         _ready.add(resolved)
     return mlflow_client
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (created with its folder); none where that is impossible (Windows,
-    an unwritable folder: MLflow then reports the store's own problem)."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a")  # noqa: SIM115 - closed below
-    except (ImportError, OSError):
-        yield
-        return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def check_tracking(uri: str | None = None) -> str:
@@ -242,6 +222,17 @@ def finished_runs(client: MlflowClient, experiment: str, sweep: str | None = Non
         token = page.token
         if not token:
             return runs
+
+
+def finished_run(uri: str | None, experiment: str, run_key: str) -> str | None:
+    """The id of a FINISHED run with this exact configuration (its ``run_key`` tag), if there is one."""
+    mlflow_client = client(uri)
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'"
+    runs = mlflow_client.search_runs([exp.experiment_id], query, max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -475,6 +466,13 @@ def tracked_run(
             raise
         with closing_runs():
             _close(logger, RunStatus.to_string(RunStatus.FINISHED), None)
+
+
+def fail_run(logger: RunLogger, reason: str) -> None:
+    """End a run FAILED with its reason, after the block that opened it closed (a replica that diverged
+    while the others finished): its metrics so far are kept."""
+    with closing_runs():
+        _close(logger, RunStatus.to_string(RunStatus.FAILED), reason[:5000])
 
 
 def _close(logger: RunLogger, status: str, reason: str | None) -> None:

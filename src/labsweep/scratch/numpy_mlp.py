@@ -7,16 +7,19 @@ Shapes: N = batch size, `in` / `out` = a layer's input / output width, C = numbe
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from labsweep.scratch.toy_data import make_multiclass, save_decision_surface, save_loss_curve, split_seed
-
-LogMetrics = Callable[[dict[str, float], int], None]
+from labsweep.callbacks import LogMetrics
+from labsweep.scratch.toy_data import (
+    make_multiclass,
+    save_decision_surface,
+    save_loss_curve,
+    split_seed,
+)
 
 # The homework's step was alpha = 0.01 with batch 32 and 40 epochs, but its loss backward returned
 # softmax - Y, the gradient of the batch *sum*, while its forward reported the batch mean. Here

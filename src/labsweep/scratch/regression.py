@@ -8,18 +8,18 @@ the noise variance 0.05² = 0.0025, i.e. the net fits the curve, not the noise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from labsweep.atomic import save_figure
 from labsweep.scratch.threads import one_torch_thread
-from labsweep.scratch.toy_data import regression_data, save_loss_curve, save_png
+from labsweep.scratch.toy_data import regression_data, save_loss_curve
 
 Params = dict[str, torch.Tensor]
-LogMetrics = Callable[[dict[str, float], int], None]
+from labsweep.callbacks import LogMetrics
 
 
 def init_params(hidden: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
@@ -125,4 +125,4 @@ def _save_fit(
     ax.plot(x, y_true, linestyle="--", c="k", label="sigmoid(10x)")
     ax.set(xlabel="x", ylabel="y", title="1 -> H (ReLU) -> 1, hand-written gradients")
     ax.legend(fontsize="small")
-    return save_png(fig, path)
+    return save_figure(fig, path)

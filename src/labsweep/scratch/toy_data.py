@@ -14,7 +14,7 @@ from matplotlib.colors import TABLEAU_COLORS, ListedColormap
 from matplotlib.figure import Figure
 from sklearn.datasets import make_blobs, make_circles, make_moons
 
-from labsweep.atomic import atomic_path
+from labsweep.atomic import save_figure
 
 BINARY_DATASETS = ("xor", "circles", "moons")
 MULTICLASS_DATASETS = ("moons", "blobs")
@@ -102,13 +102,6 @@ def decision_grid(
     return xx, yy
 
 
-def save_png(fig: Figure, path: Path) -> Path:
-    """Write a figure atomically as PNG (no pyplot, so no global backend is chosen)."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
-
-
 def save_decision_surface(
     path: Path,
     X: np.ndarray,
@@ -140,7 +133,7 @@ def save_decision_surface(
         fig.colorbar(cs, ax=ax, label="predicted class", ticks=range(n_classes))
     ax.scatter(X[:, 0], X[:, 1], c=y, s=8, cmap=cmap, vmin=vmin, vmax=vmax, edgecolors="k", linewidths=0.2)
     ax.set(xlim=(xx.min(), xx.max()), ylim=(yy.min(), yy.max()), title=title, xlabel="x0", ylabel="x1")
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def save_loss_curve(
@@ -154,4 +147,4 @@ def save_loss_curve(
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log")
     ax.legend()
     ax.grid(alpha=0.3)
-    return save_png(fig, path)
+    return save_figure(fig, path)

@@ -6,7 +6,6 @@ A 2 -> H (sigmoid) -> 1 (sigmoid) net, the summed log-loss, and plain gradient d
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from labsweep.scratch.threads import one_torch_thread
-from labsweep.scratch.toy_data import make_binary, save_decision_surface, save_loss_curve, split_seed
+from labsweep.scratch.toy_data import (
+    make_binary,
+    save_decision_surface,
+    save_loss_curve,
+    split_seed,
+)
 
 Params = dict[str, torch.Tensor]
-LogMetrics = Callable[[dict[str, float], int], None]
+from labsweep.callbacks import LogMetrics
 
 
 def init_params(hidden: int, generator: torch.Generator) -> Params:

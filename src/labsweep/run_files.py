@@ -1,0 +1,70 @@
+"""Everything a trained classifier run leaves in its folder (and so in its MLflow artifacts): the
+resolved config, a model summary, classification reports and confusion matrices, learning curves,
+Lab 1's first-layer weights, two self-describing checkpoints, Lab 2's whole-model file, metrics.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from labsweep import reports
+from labsweep.atomic import write_text
+from labsweep.checkpoint import save_checkpoint, save_whole_model
+from labsweep.datasets import ImageData
+from labsweep.loop import Evaluation, FitResult
+from labsweep.models import Classifier, ModelSpec
+
+
+@dataclass
+class TrainedRun:
+    """One replica's outcome: its model (final weights), what it was built from, how it trained."""
+
+    model: Classifier
+    spec: ModelSpec
+    data: ImageData
+    config: dict[str, Any]  # the resolved config, as logged
+    result: FitResult
+    final_train: Evaluation
+    final_test: Evaluation
+    epochs: int
+
+
+def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
+    """The run's summary metrics: final and best-epoch (lowest test loss) values, and its time."""
+    best = run.result.best_metrics
+    return {
+        "final/train/loss": run.final_train.loss, "final/train/acc": run.final_train.acc,
+        "final/test/loss": run.final_test.loss, "final/test/acc": run.final_test.acc,
+        "best/epoch": float(run.result.best_epoch), "best/test/loss": best["test/loss"],
+        "best/test/acc": best["test/acc"], "best/train/acc": best["train/acc"],
+        "time/train_seconds": seconds, "time/epoch_ms": 1000 * seconds / run.epochs,
+    }  # fmt: skip
+
+
+def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Write the run's files into ``out``; returns the per-class metrics of its reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    data, model = run.data, run.model
+    names = reports.target_names(data.class_ids, data.class_names)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(run.config))
+    write_text(out / "model_summary.txt", reports.model_summary(model, device))
+    per_class = reports.write_reports(out, names=names, splits={
+        "train": (data.train_y, run.final_train.predictions.numpy()),
+        "test": (data.test_y, run.final_test.predictions.numpy()),
+    })  # fmt: skip
+    reports.save_figure(reports.learning_curves_figure(run.result.history, run.result.best_epoch), out / "learning_curves.png")
+    if run.spec.name == "mlp" and run.spec.model.hidden:
+        reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")
+    meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": run.config}
+    save_checkpoint(out / "checkpoint_last.pt", model, run.spec, epoch=run.epochs, metrics=summary | per_class, **meta)
+    model.net.load_state_dict(run.result.best_state)
+    save_checkpoint(out / "checkpoint_best.pt", model, run.spec, epoch=run.result.best_epoch,
+                    metrics=run.result.best_metrics, **meta)  # fmt: skip
+    save_whole_model(out / "model_best_full.pt", model)  # Lab 2's torch.save(model): see the README
+    write_text(out / "metrics.json", json.dumps(summary | per_class, indent=2, sort_keys=True))
+    return per_class
