@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from labsweep.build import build_data, build_schedule, model_spec
-from labsweep.datasets import make_synthetic
+from labsweep.synthetic import make_synthetic
 from labsweep.models import ModelSpec, build_model, notation
 from labsweep.optimizers import build_optimizer
 from labsweep.paths import CONFIG_DIR
@@ -22,7 +22,7 @@ from labsweep.train import typed_config
 
 # The data a check builds instead of downloading CIFAR: synthetic images with the same class count.
 STAND_IN = make_synthetic(train_per_class=20, test_per_class=5)
-GROUPS = ("dataset", "model", "optimizer", "pooling", "experiment", "sweep", "launcher", "lab1")
+GROUPS = ("dataset", "model", "optimizer", "pooling", "experiment", "sweep", "launcher")
 
 
 def options(group: str) -> list[str]:
@@ -68,9 +68,9 @@ def test_every_experiment_composes_and_builds(experiment: str) -> None:
     assert config.tracking.experiment  # every experiment names its MLflow experiment
 
 
-@pytest.mark.parametrize("point", options("lab1"))
+@pytest.mark.parametrize("point", options("experiment/lab1_points"))
 def test_every_lab1_study_point_composes_and_builds(point: str) -> None:
-    config = compose_typed("experiment=lab1", f"+lab1={point}", "dataset.classes=[0,33,50]")
+    config = compose_typed("experiment=lab1", f"+experiment/lab1_points={point}", "dataset.classes=[0,33,50]")
     assert config.trainer.epochs is None and config.trainer.iterations in (3000, 9000)  # epochs come from the budget
     build_what_it_describes(config)
 

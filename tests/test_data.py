@@ -47,11 +47,11 @@ from labsweep.datasets import (
     check_classes,
     load_cifar10,
     load_cifar100,
-    make_synthetic,
     resolve_classes,
     variant_classes,
 )
 from labsweep.paths import data_root
+from labsweep.synthetic import make_synthetic
 
 REAL_CIFAR10 = REAL_DATA / "cifar-10-batches-py"
 REAL_CIFAR100_META = REAL_DATA / "cifar-100-python" / "meta"

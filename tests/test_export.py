@@ -21,9 +21,9 @@ from conftest import SHARED_DATA, SMALL, compose_config
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from labsweep import export
+from labsweep import export, onnx_export
 from labsweep.checkpoint import load_checkpoint
-from labsweep.datasets import make_synthetic
+from labsweep.synthetic import make_synthetic
 from labsweep.export import (
     DEFAULT_OPSET,
     VerificationError,
@@ -130,7 +130,7 @@ def test_the_seeds_opset_9_still_exports(name: str, tmp_path: Path) -> None:
 
 def test_a_failed_verification_leaves_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     spec = SPECS["mlp-hidden-10"]
-    monkeypatch.setattr(export, "ATOL", -1.0)  # no export can pass
+    monkeypatch.setattr(onnx_export, "ATOL", -1.0)  # no export can pass
     with pytest.raises(VerificationError, match="differ from PyTorch's"):
         export_verified(build_model(spec), tmp_path / "m.onnx", pixels(), onnx_metadata(spec, (0, 1, 2), ("a", "b", "c")))
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
@@ -144,8 +144,8 @@ def test_a_wrong_onnx_output_fails_and_keeps_the_previous_file(monkeypatch: pyte
         def run(self, names, feeds):  # type: ignore[no-untyped-def]
             return [out[:, ::-1] for out in self.session.run(names, feeds)]
 
-    real = export.onnx_session
-    monkeypatch.setattr(export, "onnx_session", lambda path: Swapped(real(path)))
+    real = onnx_export.onnx_session
+    monkeypatch.setattr(onnx_export, "onnx_session", lambda path: Swapped(real(path)))
     spec = SPECS["cnn-avg"]
     out = tmp_path / "m.onnx"
     out.write_bytes(b"an older, good export")
@@ -275,7 +275,7 @@ def test_run_id_with_last_checkpoint_and_an_older_opset(runs: Runs, tmp_path: Pa
 
 
 def test_a_failed_verification_exits_non_zero_and_writes_nothing(runs: Runs, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(export, "ATOL", -1.0)
+    monkeypatch.setattr(onnx_export, "ATOL", -1.0)
     out = tmp_path / "model.onnx"
     assert export_main(["--run-id", runs.ids["b0"], "--output", str(out)]) == 1
     assert "verification failed, nothing written" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def test_parallel_preset_selects_joblib_with_one_thread_per_job() -> None:
     # A whole study keeps its sweep and gets the parallel launcher.
     study = compose_with_hydra("experiment=lab1", "+launcher=parallel", "hydra.launcher.n_jobs=4")
     assert study.hydra.launcher.n_jobs == 4 and study.trainer.threads == 1
-    assert "+lab1" in study.hydra.sweeper.params and study.tracking.experiment == "lab1"
+    assert "+experiment/lab1_points" in study.hydra.sweeper.params and study.tracking.experiment == "lab1"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from labsweep.build import build_training, model_spec
 from labsweep.checkpoint import load_checkpoint
-from labsweep.datasets import make_synthetic
+from labsweep.synthetic import make_synthetic
 from labsweep.models import ModelSpec
 from labsweep.replicas import Replicas, StackedMLP, replicate
 from labsweep.schema import AdamConfig, CNNConfig, MLPConfig, OptimizerConfig, SGDConfig

@@ -13,7 +13,8 @@ from store import runs_in
 
 from labsweep.build import build_data, build_training, model_spec
 from labsweep.checkpoint import load_checkpoint
-from labsweep.datasets import DataError, make_synthetic
+from labsweep.datasets import DataError
+from labsweep.synthetic import make_synthetic
 from labsweep.schema import ConfigError, MLPConfig, SGDConfig
 
 CHOICES = {"dataset": "synthetic", "model": "mlp", "optimizer": "sgd", "pooling": "default", "experiment": "smoke"}

@@ -19,7 +19,6 @@ from labsweep.datasets import (
     VariantRule,
     load_cifar10,
     load_cifar100,
-    make_synthetic,
     resolve_classes,
 )
 from labsweep.loop import FitResult, Split, fit
@@ -36,6 +35,7 @@ from labsweep.schema import (
     SyntheticConfig,
     TrainerConfig,
 )
+from labsweep.synthetic import make_synthetic
 
 # --------------------------------------------------------------------------- devices
 

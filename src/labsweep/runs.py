@@ -102,7 +102,7 @@ def replicas_to_train(config: Config, skip_finished: bool) -> list[Replica]:
 
 # --------------------------------------------------------------------------- names and tags
 
-SHORT_NAMES = {"batch_size": "batch", "lab1": "point", "divisor": "lr÷"}
+SHORT_NAMES = {"batch_size": "batch", "experiment/lab1_points": "point", "divisor": "lr÷"}
 
 
 def run_name(config: Config, launch: Launch, swept: Sequence[str] = (), epochs: int | None = None) -> str:

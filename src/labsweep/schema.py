@@ -9,6 +9,10 @@ entrypoint turns the composed config into these objects once: nothing below the 
 entrypoint stays fast.
 
 Adding a model: a dataclass here (in MODELS), its YAML in ``conf/model/``, its net in ``labsweep.models``.
+
+About 400 lines, kept as one module on purpose: it is the whole config a user can type, and each value
+check sits beside the field it checks, so a newcomer reads the keys, their defaults and their rules in
+one place.
 """
 
 from __future__ import annotations

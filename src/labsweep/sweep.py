@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from labsweep import tracking
+from labsweep import signals, tracking
 from labsweep.atomic import write_text
 from labsweep.tracking import TrackingError, check_tracking, experiment_id, retry_locked
 
@@ -126,7 +126,7 @@ class SweepCallback(Callback):
         self._open = True
         self._pid = os.getpid()
         atexit.register(self._close_at_exit)
-        tracking.enter_signal_handling()  # SIGTERM/SIGHUP between or inside jobs: Terminated, not a silent death
+        signals.enter_signal_handling()  # SIGTERM/SIGHUP between or inside jobs: Terminated, not a silent death
         state_dir = Path(str(config.hydra.sweep.dir)) / ".labsweep" / parent.info.run_id
         state_dir.mkdir(parents=True, exist_ok=True)
         self.context = SweepContext(sid, parent.info.run_id, str(state_dir), swept_keys(config))
@@ -169,14 +169,12 @@ class SweepCallback(Callback):
             problems.append(f"{len(failed)} job(s) failed (job {first['job']}: {first.get('reason', '')})"[:1000])
         if orphans:
             problems.append(f"{orphans} job run(s) left RUNNING by a job process that died, closed KILLED")
-        if problems:
-            retry_locked(self.client.set_tag, run_id, "failure", "; ".join(problems))
         status = RunStatus.FAILED if failed or orphans else RunStatus.FINISHED
-        retry_locked(self.client.set_terminated, run_id, RunStatus.to_string(status))
+        tracking.end_run(self.client, run_id, RunStatus.to_string(status), "; ".join(problems) or None)
         # Only now: if anything above failed, the exit hook still closes the parent run.
         self._open = False
         atexit.unregister(self._close_at_exit)
-        tracking.exit_signal_handling()
+        signals.exit_signal_handling()
         os.environ.pop(ENV, None)
         log.info("sweep %s done: %s", self.context.sweep_id, summary)
         if failed or orphans:
@@ -191,8 +189,8 @@ class SweepCallback(Callback):
             return
         self._open = False
         exc = getattr(sys, "last_value", None)  # set when an uncaught exception was printed
-        if tracking.last_signal is not None and not isinstance(exc, KeyboardInterrupt):
-            exc = tracking.Terminated(tracking.last_signal)
+        if signals.last_signal is not None and not isinstance(exc, KeyboardInterrupt):
+            exc = signals.Terminated(signals.last_signal)
         try:
             by_status = self._outcomes()
             if exc is not None:
@@ -208,8 +206,7 @@ class SweepCallback(Callback):
                 self._log_counts(counts)
                 run_id = self.context.parent_run_id
                 summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-                retry_locked(self.client.set_tag, run_id, "failure", f"sweep stopped: {reason} ({summary})")
-                retry_locked(self.client.set_terminated, run_id, status)
+                tracking.end_run(self.client, run_id, status, f"sweep stopped: {reason} ({summary})")
             log.error("sweep %s stopped (%s): %s; parent run %s is %s. Run the same command again to finish "
                       "the missing jobs.", self.context.sweep_id, reason, summary, run_id, status)  # fmt: skip
         except BaseException as err:  # nothing may escape an atexit hook
@@ -247,8 +244,7 @@ class SweepCallback(Callback):
         runs = self._children("RUNNING")
         for run in runs:
             log.error("child run %s (%s) was left RUNNING: closing it KILLED", run.info.run_id, run.info.run_name)
-            retry_locked(self.client.set_tag, run.info.run_id, "failure", reason)
-            retry_locked(self.client.set_terminated, run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            tracking.end_run(self.client, run.info.run_id, RunStatus.to_string(RunStatus.KILLED), reason)
         return len(runs)
 
     def _log_table(self, config: DictConfig) -> None:

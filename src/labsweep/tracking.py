@@ -1,6 +1,7 @@
 """MLflow: where the store is and whether it can be used, one run per job that always ends FINISHED,
-FAILED or KILLED (Ctrl-C, SIGTERM and SIGHUP included), and a buffered metric logger (a plain
-callable the training loop calls once per epoch).
+FAILED or KILLED (Ctrl-C, SIGTERM and SIGHUP included: ``labsweep.signals``), every way a run ends
+(``tracked_run``, ``fail_run``, ``end_run``), and a buffered metric logger (a plain callable the training
+loop calls once per epoch).
 
 Parallel jobs share one SQLite store safely: the store's first use (MLflow creates its tables and
 runs its schema migrations) happens under a file lock, one process at a time, and writes that find
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from labsweep.atomic import exclusive_lock
 from labsweep.paths import DEFAULT_STORE
+from labsweep.signals import Terminated, closing_runs, signal_handling
 
 log = logging.getLogger(__name__)
 
@@ -314,117 +315,6 @@ class RunLogger:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
 
-# --------------------------------------------------------------------------- signals
-
-
-class Terminated(SystemExit):
-    """Raised in the main thread when the process gets SIGTERM (``kill``, a scheduler, a container
-    stop) or SIGHUP (its terminal closed) while a run or sweep is open, so that the run is closed
-    KILLED instead of the process vanishing with it RUNNING. Exits with status 128 + the signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return f"terminated by {signal.Signals(self.signum).name}"
-
-
-# Signals whose default action would kill the process without any cleanup.
-_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-_handler_depth = 0
-_saved_handlers: dict[int, Any] = {}
-_closing = 0  # > 0 while runs are being closed: signals then wait (see _closing_runs)
-_deferred: list[int] = []
-last_signal: int | None = None  # the last terminating signal received, for the sweep's summary
-
-
-def _on_terminating_signal(signum: int, frame: Any) -> None:
-    global last_signal
-    last_signal = signum
-    if _closing:
-        _defer(signum)
-        return
-    raise Terminated(signum)
-
-
-def _defer(signum: int) -> None:
-    _deferred.append(signum)
-    if len(_deferred) == 1:
-        log.warning("%s received while closing MLflow runs: finishing that first (send it again to abort)",
-                    signal.Signals(signum).name)  # fmt: skip
-        return
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(signum)
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def enter_signal_handling() -> None:
-    """Make SIGTERM and SIGHUP raise Terminated in the main thread until the matching
-    ``exit_signal_handling`` (calls nest). Only signals left at their default action are taken over:
-    a launcher's own handler (submitit's, say) stays in charge."""
-    global _handler_depth
-    if not _in_main_thread():
-        return
-    if _handler_depth == 0:
-        for sig in _TERMINATING:
-            if signal.getsignal(sig) == signal.SIG_DFL:
-                _saved_handlers[sig] = signal.signal(sig, _on_terminating_signal)
-    _handler_depth += 1
-
-
-def exit_signal_handling() -> None:
-    global _handler_depth
-    if not _in_main_thread() or _handler_depth == 0:
-        return
-    _handler_depth -= 1
-    if _handler_depth == 0:
-        for sig, previous in _saved_handlers.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        _saved_handlers.clear()
-
-
-@contextmanager
-def signal_handling() -> Iterator[None]:
-    enter_signal_handling()
-    try:
-        yield
-    finally:
-        exit_signal_handling()
-
-
-@contextmanager
-def closing_runs() -> Iterator[None]:
-    """While runs are being closed (metrics flushed, status set), a Ctrl-C or SIGTERM waits until
-    the end and is raised then; a second one aborts the cleanup."""
-    global _closing
-    if not _in_main_thread():
-        yield
-        return
-    previous_int = signal.getsignal(signal.SIGINT)
-    took_sigint = _closing == 0 and previous_int is signal.default_int_handler
-    if took_sigint:
-        signal.signal(signal.SIGINT, _on_terminating_signal)
-    _closing += 1
-    try:
-        yield
-    finally:
-        _closing -= 1
-        if _closing == 0:
-            if took_sigint:
-                signal.signal(signal.SIGINT, previous_int)
-            pending = _deferred[0] if _deferred else None
-            _deferred.clear()
-            if pending == signal.SIGINT:
-                raise KeyboardInterrupt
-            if pending is not None:
-                raise Terminated(pending)
-
-
 def describe_interruption(exc: BaseException) -> tuple[str, str]:
     """(MLflow status, reason) for an exception that ends a run or sweep."""
     if isinstance(exc, Terminated):
@@ -473,6 +363,14 @@ def fail_run(logger: RunLogger, reason: str) -> None:
     while the others finished): its metrics so far are kept."""
     with closing_runs():
         _close(logger, RunStatus.to_string(RunStatus.FAILED), reason[:5000])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run that this process does not hold a logger for (a sweep's parent run, a child run whose job
+    process died) as ``status`` (FINISHED, FAILED, KILLED), with its reason in the ``failure`` tag."""
+    if reason:
+        retry_locked(client.set_tag, run_id, "failure", reason[:5000])
+    retry_locked(client.set_terminated, run_id, status)
 
 
 def _close(logger: RunLogger, status: str, reason: str | None) -> None:

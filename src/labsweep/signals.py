@@ -1,0 +1,121 @@
+"""Signals that would kill a process with its MLflow runs still RUNNING: SIGTERM (``kill``, a scheduler, a
+container stop) and SIGHUP (a closed terminal) become ``Terminated`` in the main thread while a run or sweep
+is open, and a signal that comes while runs are being closed waits until they are."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("labsweep.tracking")
+
+class Terminated(SystemExit):
+    """Raised in the main thread when the process gets SIGTERM (``kill``, a scheduler, a container
+    stop) or SIGHUP (its terminal closed) while a run or sweep is open, so that the run is closed
+    KILLED instead of the process vanishing with it RUNNING. Exits with status 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"terminated by {signal.Signals(self.signum).name}"
+
+
+# Signals whose default action would kill the process without any cleanup.
+_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_handler_depth = 0
+_saved_handlers: dict[int, Any] = {}
+_closing = 0  # > 0 while runs are being closed: signals then wait (see _closing_runs)
+_deferred: list[int] = []
+last_signal: int | None = None  # the last terminating signal received, for the sweep's summary
+
+
+def _on_terminating_signal(signum: int, frame: Any) -> None:
+    global last_signal
+    last_signal = signum
+    if _closing:
+        _defer(signum)
+        return
+    raise Terminated(signum)
+
+
+def _defer(signum: int) -> None:
+    _deferred.append(signum)
+    if len(_deferred) == 1:
+        log.warning("%s received while closing MLflow runs: finishing that first (send it again to abort)",
+                    signal.Signals(signum).name)  # fmt: skip
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def enter_signal_handling() -> None:
+    """Make SIGTERM and SIGHUP raise Terminated in the main thread until the matching
+    ``exit_signal_handling`` (calls nest). Only signals left at their default action are taken over:
+    a launcher's own handler (submitit's, say) stays in charge."""
+    global _handler_depth
+    if not _in_main_thread():
+        return
+    if _handler_depth == 0:
+        for sig in _TERMINATING:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                _saved_handlers[sig] = signal.signal(sig, _on_terminating_signal)
+    _handler_depth += 1
+
+
+def exit_signal_handling() -> None:
+    global _handler_depth
+    if not _in_main_thread() or _handler_depth == 0:
+        return
+    _handler_depth -= 1
+    if _handler_depth == 0:
+        for sig, previous in _saved_handlers.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        _saved_handlers.clear()
+
+
+@contextmanager
+def signal_handling() -> Iterator[None]:
+    enter_signal_handling()
+    try:
+        yield
+    finally:
+        exit_signal_handling()
+
+
+@contextmanager
+def closing_runs() -> Iterator[None]:
+    """While runs are being closed (metrics flushed, status set), a Ctrl-C or SIGTERM waits until
+    the end and is raised then; a second one aborts the cleanup."""
+    global _closing
+    if not _in_main_thread():
+        yield
+        return
+    previous_int = signal.getsignal(signal.SIGINT)
+    took_sigint = _closing == 0 and previous_int is signal.default_int_handler
+    if took_sigint:
+        signal.signal(signal.SIGINT, _on_terminating_signal)
+    _closing += 1
+    try:
+        yield
+    finally:
+        _closing -= 1
+        if _closing == 0:
+            if took_sigint:
+                signal.signal(signal.SIGINT, previous_int)
+            pending = _deferred[0] if _deferred else None
+            _deferred.clear()
+            if pending == signal.SIGINT:
+                raise KeyboardInterrupt
+            if pending is not None:
+                raise Terminated(pending)
