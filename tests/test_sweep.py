@@ -82,6 +82,11 @@ def test_batch_size_sweep_parent_children_scaled_epochs_and_skip_on_relaunch(tmp
     assert by_batch[32].info.run_name == "batch=32 epochs=3"
     assert {r.data.params["derived.iterations"] for r in children} == {"30"}
     assert "results.md" in {a.path for a in MlflowClient().list_artifacts(parent_id)}
+    # Every child kept its per-image test predictions, so the sweep's table compares rows paired by image.
+    assert all("test_predictions.json" in {a.path for a in MlflowClient().list_artifacts(r.info.run_id)} for r in children)
+    rows = build_rows(MlflowClient(), exp, parents[0].data.tags["sweep_id"])
+    assert [r.comparison.method for r in rows[1:]] == ["images"] * 3  # one seed each
+    assert all(" pts [" in r.comment for r in rows[1:])
 
     again = labsweep_train(*args, tmp_path=tmp_path)
     assert again.code == 0, again.output[-3000:]
@@ -161,19 +166,23 @@ def test_table_rows_aggregate_seeds_and_comment_against_the_baseline(tmp_path: P
     text = render(rows)
     assert "| FC(10), FC(3) | lr = 0.005, batch_size = 128, epochs = 250 (3,000 iterations) | " \
            "test = 82.0 ± 2.0%, train = 99.0 ± 0.0% (n=3); best epoch 40: test = 83.0 ± 2.0% | baseline |" in text
-    # Δ = +1.0; uncertainty 1.96·sqrt(2·(0.02²/3 + 0.82·0.18/300)) ≈ 1.96·sqrt(2·(1.333e-4 + 4.92e-4)) ≈ 6.9 pts
-    assert batch.comment.startswith("batch ÷4, epochs ÷4 (iterations held); Δ test +1.0 ± ")  # 250 → 64 is ÷3.9
-    assert batch.comment.endswith("within noise")
-    uncertainty = float(batch.comment.split("± ")[1].split(" pts")[0])
-    assert uncertainty == pytest.approx(1.96 * math.sqrt(2 * (0.02**2 / 3 + 0.82 * 0.18 / 300)) * 100, abs=0.06)
-    assert wide.comment.startswith("hidden 10 → 128; Δ test +13.0 ± ") and "within noise" not in wide.comment
-    assert slow.comment.startswith("lr ÷3, epochs ×3; Δ test -2.0")
+    # No per-image predictions (runs logged before they existed): the independent method, and the note says so.
+    # Δ = +1.0; uncertainty 1.96·sqrt(2·(0.02²/3 + 0.82·0.18/300)) ≈ 6.9 pts
+    assert batch.comparison.method == "independent"
+    assert batch.comment.startswith("batch ÷4, epochs ÷4 (iterations held); +1.0 pts [")  # 250 → 64 is ÷3.9
+    assert batch.comment.endswith(": within noise")
+    half = 1.96 * math.sqrt(2 * (0.02**2 / 3 + 0.82 * 0.18 / 300))
+    assert (batch.comparison.low, batch.comparison.high) == pytest.approx((0.01 - half, 0.01 + half), abs=1e-3)
+    assert wide.comment.startswith("hidden 10 → 128; +13.0 pts [") and wide.comment.endswith(": better")
+    assert slow.comment.startswith("lr ÷3, epochs ×3; -2.0 pts")
     assert deep.comment.startswith("layers 1 → 2")
+    assert "Runs without per-image test predictions" in text and "independent binomial error" in text
 
     out = tmp_path / "table.csv"
     assert table_main(["--experiment", "t-table", "--format", "csv", "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0].startswith("network,hyperparameters,test_mean,test_std")
+    assert "delta_test_acc,ci_low,ci_high,p_value,verdict,n_seeds,n_test,method" in lines[0]
     assert lines[1].startswith('"FC(10), FC(3)","lr = 0.005, batch_size = 128, epochs = 250 (3,000 iterations)",0.82,0.02')
     assert (tmp_path / "table.png").is_file()
 

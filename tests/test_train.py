@@ -39,7 +39,8 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(make_config, run_trai
 
     expected = {"config.yaml", "model_summary.txt", "learning_curves.png", "first_layer_weights.png",
                 "classification_report_train.txt", "classification_report_test.txt", "confusion_matrix_test.png",
-                "checkpoint_best.pt", "checkpoint_last.pt", "model_best_full.pt", "metrics.json"}  # fmt: skip
+                "checkpoint_best.pt", "checkpoint_last.pt", "model_best_full.pt", "metrics.json",
+                "test_predictions.json"}  # fmt: skip
     assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert expected <= {p.name for p in tmp_path.iterdir()}
     report = (tmp_path / "classification_report_test.txt").read_text()

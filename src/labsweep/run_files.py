@@ -1,9 +1,11 @@
 """Everything a trained classifier run leaves in its folder (and so in its MLflow artifacts): the
 resolved config, a model summary, classification reports and confusion matrices, learning curves,
-Lab 1's first-layer weights, two self-describing checkpoints, Lab 2's whole-model file, metrics.json."""
+Lab 1's first-layer weights, two self-describing checkpoints, Lab 2's whole-model file, metrics.json, and
+the per-image test predictions the results table pairs runs with (``test_predictions.json``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from labsweep import reports
+from labsweep import image_predictions, reports
 from labsweep.atomic import write_text
 from labsweep.checkpoint import save_checkpoint, save_whole_model
 from labsweep.datasets import ImageData
@@ -46,6 +48,11 @@ def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
     }  # fmt: skip
 
 
+@functools.lru_cache(maxsize=2)  # the replicas of one job share their data: its digests are computed once
+def _test_set(data: ImageData) -> image_predictions.TestSet:
+    return image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
+
+
 def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], device: torch.device) -> dict[str, float]:
     """Write the run's files into ``out``; returns the per-class metrics of its reports."""
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +64,7 @@ def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], devic
         "train": (data.train_y, run.final_train.predictions.numpy()),
         "test": (data.test_y, run.final_test.predictions.numpy()),
     })  # fmt: skip
+    image_predictions.write(out, _test_set(data), data.test_y, run.final_test.predictions.numpy())  # for the table
     reports.save_figure(reports.learning_curves_figure(run.result.history, run.result.best_epoch), out / "learning_curves.png")
     if run.spec.name == "mlp" and run.spec.model.hidden:
         reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")

@@ -351,6 +351,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_scale: Optional[LrScaleConfig] = None
+    arm: Optional[str] = None  # a label that keeps an otherwise identical configuration in a table row of its own (an A/A control)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

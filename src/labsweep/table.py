@@ -2,8 +2,9 @@
 
 One row per training configuration (runs that differ only in their seed are one row, mean ± std
 over n seeds), in the course's columns: Network configuration | Hyperparameters | Accuracy | Comment.
-The comment is written from the row's difference to the study's baseline row, and says when that
-difference is within noise.
+The comment is written from the row's difference to the study's baseline row: the difference in mean
+test accuracy with its 95% interval and p-value, paired by test image (``labsweep.compare``), and a verdict:
+better, worse or within noise.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from labsweep import image_predictions
 from labsweep.atomic import save_figure, write_text
+from labsweep.compare import Comparison, independent_comparison, paired_comparison
 from labsweep.runs import NOT_PART_OF_RESULT
 
 # Params that never make two rows differ in a way worth a comment: what does not change a result, the
 # seed, and the values other params already say (the lr sweep's inputs, derived counts, the budget).
 QUIET = (*NOT_PART_OF_RESULT, "seed", "lr_scale", "derived.", "trainer.iterations")
-Z95 = 1.96
 
 
 @dataclass
@@ -44,6 +48,13 @@ class Row:
     metric: str = "acc"  # "acc" for classifiers, "mse" for the regression task
     run_names: list[str] = field(default_factory=list)
     comment: str = ""
+    correct: list[np.ndarray] = field(default_factory=list, repr=False)  # per seed: 1 per test image it got right
+    test_sets: list[image_predictions.TestSet] = field(default_factory=list, repr=False)
+    missing_predictions: int = 0  # finished runs without a (readable) predictions file
+    failed: int = 0  # this configuration's FAILED or KILLED runs: counted out
+    comparison: Comparison | None = None  # against the baseline (None for the baseline itself)
+    not_compared: str = ""  # why there is no comparison
+    first_job_failed: bool = False  # baseline only: an earlier job of the study (its intended baseline) failed
 
     @property
     def n(self) -> int:
@@ -56,52 +67,67 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def standard_error(row: Row) -> float:
-    """Of the row's mean test accuracy: the spread over its seeds (std/√n) combined with the
-    binomial sampling error of an accuracy measured on ``test_size`` images. The second does not
-    shrink with more seeds (they share one test set): with 300 test images an accuracy near 82%
-    carries about 2.2 points of it whatever the seeds say."""
-    mean, std = mean_std(row.test)
-    seeds = std**2 / row.n if row.n > 1 else 0.0
-    if row.metric == "acc" and row.test_size:
-        return math.sqrt(seeds + max(mean * (1 - mean), 0.0) / row.test_size)
-    return math.sqrt(seeds) if row.n > 1 else math.nan
-
-
-def _fetch_runs(client, experiment: str, sweep: str | None) -> list:  # type: ignore[no-untyped-def]
-    from labsweep.tracking import finished_runs
+def _fetch_runs(client, experiment: str, sweep: str | None, status: str = "FINISHED") -> list:  # type: ignore[no-untyped-def]
+    from labsweep.tracking import study_runs
 
     try:
-        return finished_runs(client, experiment, sweep)
+        return study_runs(client, experiment, sweep, status)
     except LookupError as exc:
         raise SystemExit(f"labsweep-table: {exc}") from None
 
 
+def _predictions(client, run_id: str, folder: Path) -> image_predictions.Predictions | None:  # type: ignore[no-untyped-def]
+    """The run's per-image test predictions, or None for a run logged without them (before they existed)."""
+    try:
+        path = client.download_artifacts(run_id, image_predictions.FILE, str(folder))
+        return image_predictions.read(Path(path))
+    except Exception:  # no such artifact (MLflow raises its own types for it), or not a predictions file
+        return None
+
+
 def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]:  # type: ignore[no-untyped-def]
     """Group the experiment's finished runs (of one sweep, if given) into rows and write their comments."""
+    import tempfile
+
     rows: dict[str, Row] = {}
-    for run in _fetch_runs(client, experiment, sweep):
-        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
-        key = tags.get("config_hash") or run.info.run_id
-        metric = "acc" if ("final/test/acc" in metrics or "test/acc" in metrics) else "mse"
-        job = float(tags.get("job_num", math.inf))
-        row = rows.get(key)
-        if row is None:
-            row = rows[key] = Row(key, tags.get("notation", "?"), dict(params), (job, run.info.start_time), metric=metric)
-        row.order = min(row.order, (job, run.info.start_time))
-        if metric == "acc":
-            row.test.append(metrics.get("final/test/acc", metrics.get("test/acc", math.nan)))
-            row.train.append(metrics.get("final/train/acc", metrics.get("train/acc", math.nan)))
-            if "best/test/acc" in metrics:
-                row.best_test.append(metrics["best/test/acc"])
-                row.best_epoch.append(metrics["best/epoch"])
-        else:
-            row.test.append(metrics.get("train/mse", math.nan))
-        row.test_size = int(float(params.get("derived.test_images", 0) or 0))
-        row.run_names.append(run.info.run_name or "")
+    with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
+        for run in _fetch_runs(client, experiment, sweep):
+            tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+            key = tags.get("config_hash") or run.info.run_id
+            metric = "acc" if ("final/test/acc" in metrics or "test/acc" in metrics) else "mse"
+            job = float(tags.get("job_num", math.inf))
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = Row(key, tags.get("notation", "?"), dict(params), (job, run.info.start_time), metric=metric)
+            row.order = min(row.order, (job, run.info.start_time))
+            if metric == "acc":
+                row.test.append(metrics.get("final/test/acc", metrics.get("test/acc", math.nan)))
+                row.train.append(metrics.get("final/train/acc", metrics.get("train/acc", math.nan)))
+                if "best/test/acc" in metrics:
+                    row.best_test.append(metrics["best/test/acc"])
+                    row.best_epoch.append(metrics["best/epoch"])
+                found = _predictions(client, run.info.run_id, Path(tmp) / run.info.run_id)
+                if found is None:
+                    row.missing_predictions += 1
+                else:
+                    row.correct.append(found.correct)
+                    row.test_sets.append(found.test_set)
+            else:
+                row.test.append(metrics.get("train/mse", math.nan))
+            row.test_size = int(float(params.get("derived.test_images", 0) or 0))
+            row.run_names.append(run.info.run_name or "")
+    earliest_failure = math.inf
+    for status in ("FAILED", "KILLED"):
+        for run in _fetch_runs(client, experiment, sweep, status):
+            if run.data.tags.get("labsweep.role") == "sweep":
+                continue
+            earliest_failure = min(earliest_failure, float(run.data.tags.get("job_num", math.inf)))
+            if run.data.tags.get("config_hash") in rows:
+                rows[run.data.tags["config_hash"]].failed += 1
     ordered = sorted(rows.values(), key=lambda r: r.order)
     if ordered:
         write_comments(ordered, baseline=ordered[0])
+        ordered[0].first_job_failed = earliest_failure < ordered[0].order[0]
     return ordered
 
 
@@ -138,39 +164,66 @@ def describe_change(base: dict[str, str], row: dict[str, str]) -> list[str]:
             changes.append(f"layers {len(a)} → {len(b)}" + (f" ({b})" if len(set(b)) > 1 else ""))
         else:
             changes.append(f"hidden {', '.join(map(str, a))} → {', '.join(map(str, b))}")
+    if "arm" in differs:
+        changes.append(f"{row.get('arm')}: the same configuration, other seeds" if base.get("arm") in (None, "None")
+                       else f"arm {base.get('arm')} → {row.get('arm')}")  # fmt: skip
     if "pooling.name" in differs:
         changes.append(f"pooling {base.get('pooling.name')} → {row.get('pooling.name')}")
     if "optimizer.weight_decay" in differs:
         changes.append(f"l2 {base.get('optimizer.weight_decay')} → {row.get('optimizer.weight_decay')}")
-    handled = {"trainer.batch_size", "optimizer.lr", "trainer.epochs", "model.hidden", "pooling.name",
+    handled = {"trainer.batch_size", "optimizer.lr", "trainer.epochs", "model.hidden", "pooling.name", "arm",
                "optimizer.weight_decay", "model.default_pooling"}  # fmt: skip
     for key in sorted(differs - handled):
         changes.append(f"{key} {base.get(key, '—')} → {row.get(key, '—')}")
     return [c for c in changes if c]
 
 
+def compare(baseline: Row, row: Row) -> tuple[Comparison | None, str]:
+    """The row against the baseline, paired by test image when both have every seed's predictions on the
+    same test set; the independent method otherwise. Returns the comparison (None when the rows cannot be
+    compared) and why not."""
+    if row.metric == "mse":
+        return independent_comparison(baseline.test, row.test), ""
+    if baseline.test_sets and row.test_sets:
+        for other in [*baseline.test_sets, *row.test_sets]:
+            differs = baseline.test_sets[0].differs_from(other)
+            if differs:
+                return None, f"not compared: its test set is not the baseline's ({differs})"
+    if baseline.correct and row.correct and not baseline.missing_predictions and not row.missing_predictions:
+        return paired_comparison(np.stack(baseline.correct), np.stack(row.correct)), ""
+    return independent_comparison(baseline.test, row.test, row.test_size), ""
+
+
+def _signed(value: float, scale: float, digits: int) -> str:
+    return f"{scale * value:+.{digits}f}"
+
+
+def describe_comparison(c: Comparison, metric: str) -> str:
+    """``+3.3 pts [+1.2, +5.4], p = 0.003: better``."""
+    scale, unit, digits = (100, " pts", 1) if metric == "acc" else (1, "", 4)
+    name = "" if metric == "acc" else "Δ mse "
+    if math.isnan(c.low):
+        return f"{name}{_signed(c.delta, scale, digits)}{unit} (uncertainty unknown: one run in each row)"
+    p = "p < 0.001" if c.p_value < 0.001 else f"p = {c.p_value:.2g}"
+    verdict = c.verdict if metric == "acc" else {"better": "worse", "worse": "better"}.get(c.verdict, c.verdict)  # lower mse is better
+    seeds = " (images only: seeds not repeated)" if c.method == "images" else ""
+    return (f"{name}{_signed(c.delta, scale, digits)}{unit} [{_signed(c.low, scale, digits)}, "
+            f"{_signed(c.high, scale, digits)}], {p}: {verdict}{seeds}")  # fmt: skip
+
+
 def write_comments(rows: Sequence[Row], baseline: Row) -> None:
-    """Each row's comment: what changed against the baseline, and whether the test accuracy moved by
-    more than its 95% uncertainty (otherwise it is marked as within noise)."""
-    base_mean, _ = mean_std(baseline.test)
-    base_se = standard_error(baseline)
+    """Each row's comment: what changed against the baseline, and the comparison with its verdict."""
     for row in rows:
         if row is baseline:
             row.comment = "baseline"
             continue
         change = ", ".join(describe_change(baseline.params, row.params)) or "same hyperparameters"
-        mean, _ = mean_std(row.test)
-        uncertainty = Z95 * math.sqrt(standard_error(row) ** 2 + base_se**2)
-        scale, unit = (100, " pts") if row.metric == "acc" else (1, "")
-        delta = f"Δ test {scale * (mean - base_mean):+.1f} ± {scale * uncertainty:.1f}{unit}"
-        if row.metric == "mse":
-            delta = f"Δ mse {mean - base_mean:+.2g} ± {uncertainty:.2g}"
-        if math.isnan(uncertainty):
-            row.comment = f"{change}; {delta.split(' ±')[0]} (uncertainty unknown: one run)"
-        elif abs(mean - base_mean) <= uncertainty:
-            row.comment = f"{change}; {delta}: within noise"
-        else:
-            row.comment = f"{change}; {delta}"
+        row.comparison, row.not_compared = compare(baseline, row)
+        row.comment = f"{change}; " + (describe_comparison(row.comparison, row.metric) if row.comparison else row.not_compared)
+        if row.failed:
+            row.comment += f" ({row.failed} FAILED seed{'s' if row.failed > 1 else ''} counted out)"
+    if baseline.failed:
+        baseline.comment += f" ({baseline.failed} FAILED seed{'s' if baseline.failed > 1 else ''} counted out)"
 
 
 def hyperparameters(params: dict[str, str]) -> str:
@@ -203,28 +256,64 @@ def accuracy(row: Row) -> str:
     return text
 
 
+CSV_COLUMNS = ["network", "hyperparameters", "test_mean", "test_std", "train_mean", "train_std", "n",
+               "best_epoch_median", "best_test_mean", "delta_test_acc", "ci_low", "ci_high", "p_value", "verdict",
+               "n_seeds", "n_test", "method", "comment", "config_hash"]  # fmt: skip
+
+
 def render(rows: Sequence[Row], fmt: str = "md") -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["network", "hyperparameters", "test_mean", "test_std", "train_mean", "train_std", "n",
-                         "best_epoch_median", "best_test_mean", "comment", "config_hash"])  # fmt: skip
+        writer.writerow(CSV_COLUMNS)
         for r in rows:
             test, train, best = mean_std(r.test), mean_std(r.train), mean_std(r.best_test)
+            c = r.comparison
+            stats_cols = [f"{c.delta:.6g}", f"{c.low:.6g}", f"{c.high:.6g}", f"{c.p_value:.4g}", c.verdict] if c else \
+                ["", "", "", "", "baseline" if not r.not_compared else "not compared"]  # fmt: skip
             writer.writerow([r.notation, hyperparameters(r.params), f"{test[0]:.6g}", f"{test[1]:.6g}", f"{train[0]:.6g}",
                              f"{train[1]:.6g}", r.n, statistics.median(r.best_epoch) if r.best_epoch else "",
-                             f"{best[0]:.6g}" if r.best_test else "", r.comment, r.key])  # fmt: skip
+                             f"{best[0]:.6g}" if r.best_test else "", *stats_cols, r.n, r.test_size or "",
+                             c.method if c else "", r.comment, r.key])  # fmt: skip
         return out.getvalue()
     lines = ["| Network configuration | Hyperparameters | Accuracy | Comment |", "|---|---|---|---|"]
     lines += [f"| {r.notation} | {hyperparameters(r.params)} | {accuracy(r)} | {r.comment} |" for r in rows]
-    lines += ["", NOTE]
+    lines += ["", " ".join(footnotes(rows))]
     return "\n".join(lines) + "\n"
 
 
 NOTE = ("Accuracy: mean ± std over n seeds at the last epoch; best epoch: the median epoch with the lowest test "
-        "loss, and the test accuracy there. Δ: change in mean test accuracy against the baseline (first row) "
-        "± its 95% uncertainty (spread over seeds and the test set's sampling error); 'within noise' means "
-        "the change is smaller than that uncertainty.")
+        "loss, and the test accuracy there. Comment: the change against the baseline (first row), the difference "
+        "in mean test accuracy with its 95% confidence interval, paired by test image (a new set of test images "
+        "of these classes, and new seeds, would give a difference inside it 95 times in 100), the p-value for "
+        "no difference, and the verdict: better or worse when the interval excludes 0, else within noise.")
+
+
+def footnotes(rows: Sequence[Row]) -> list[str]:
+    """The table's note: what the comparison means, and every way a row's comparison departs from it."""
+    notes = [NOTE]
+    methods = {r.comparison.method for r in rows if r.comparison}
+    if "independent" in methods and any(r.metric == "acc" for r in rows):
+        old = [label(r) for r in rows if r.missing_predictions]
+        notes.append(f"Runs without per-image test predictions (logged before labsweep kept them: {', '.join(old)}) are "
+                     "compared the older way: each row's seed spread plus an independent binomial error for its "
+                     "test images, which ignores that both rows were measured on the same images and so calls "
+                     "most real changes within noise.")  # fmt: skip
+    if "images" in methods:
+        notes.append("Where a row has one seed, the comparison is on the test images alone: it says nothing about "
+                     "another seed.")  # fmt: skip
+    if any(r.metric == "mse" for r in rows):
+        notes.append("mse rows: the difference in mean train mse, with the spread over seeds; lower is better.")
+    if any(r.failed for r in rows):
+        notes.append(f"{sum(r.failed for r in rows)} FAILED or KILLED run(s) are counted out of their rows (n counts "
+                     "the finished seeds only).")  # fmt: skip
+    if any(r.not_compared.startswith("not compared") for r in rows):
+        notes.append("Rows whose test images are not the baseline's are not compared: a difference between them would "
+                     "mix the change with the test set.")  # fmt: skip
+    if rows and rows[0].first_job_failed:
+        notes.append("The study's first job, its intended baseline, has no FINISHED run: rows are compared with the "
+                     "first configuration that finished.")  # fmt: skip
+    return notes
 
 
 def label(row: Row) -> str:
@@ -233,21 +322,34 @@ def label(row: Row) -> str:
     return " ".join(p for p in name.split() if not p.startswith("seed=")) or row.key
 
 
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
+
+
 def plot_rows(rows: Sequence[Row], path: Path, title: str) -> Path:
-    """Test accuracy (mean ± std over seeds) against the swept value, one point per row."""
+    """Left: test accuracy (mean ± std over seeds) per row. Right: each row's difference from the baseline
+    with its 95% interval, coloured by the table's verdict (green better, red worse, grey within noise)."""
     from matplotlib.figure import Figure
 
-
-    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(max(9.0, 1.6 * len(rows) + 3), 4.8))
+    ax, delta_ax = fig.subplots(1, 2)
     scale = 100 if rows[0].metric == "acc" else 1
+    labels = [label(r) for r in rows]
     means = [scale * mean_std(r.test)[0] for r in rows]
     stds = [scale * mean_std(r.test)[1] for r in rows]
     ax.errorbar(range(len(rows)), means, yerr=stds, fmt="o", capsize=4)
-    ax.set_xticks(range(len(rows)), [label(r) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy, % (mean ± std over seeds)" if scale == 100 else "train mse")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
+    compared = [(i, r.comparison) for i, r in enumerate(rows) if r.comparison and not math.isnan(r.comparison.low)]
+    delta_ax.axhline(0, color="black", lw=0.8)
+    for i, c in compared:
+        colour = VERDICT_COLOURS.get(c.verdict if scale == 100 else {"better": "worse", "worse": "better"}.get(c.verdict, ""), "tab:gray")
+        delta_ax.errorbar([i], [scale * c.delta], yerr=[[scale * (c.delta - c.low)], [scale * (c.high - c.delta)]],
+                          fmt="o", capsize=4, color=colour)  # fmt: skip
+    delta_ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    delta_ax.set_ylabel("difference from the baseline, " + ("points" if scale == 100 else "mse") + " (95% interval)")
+    delta_ax.grid(alpha=0.3)
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 

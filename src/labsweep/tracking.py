@@ -1,188 +1,43 @@
-"""MLflow: where the store is and whether it can be used, one run per job that always ends FINISHED,
-FAILED or KILLED (Ctrl-C, SIGTERM and SIGHUP included: ``labsweep.signals``), every way a run ends
-(``tracked_run``, ``fail_run``, ``end_run``), and a buffered metric logger (a plain callable the training
-loop calls once per epoch).
+"""MLflow runs: one run per job that always ends FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM and SIGHUP
+included: ``labsweep.signals``), every way a run ends (``tracked_run``, ``fail_run``, ``end_run``), the
+queries the table and export share, and a buffered metric logger (a plain callable the training loop
+calls once per epoch). The store itself (where, opening it, checking it): ``labsweep.mlflow_store``.
 
-Parallel jobs share one SQLite store safely: the store's first use (MLflow creates its tables and
-runs its schema migrations) happens under a file lock, one process at a time, and writes that find
-the database locked are retried."""
+Parallel jobs share one SQLite store safely: its first use happens under a file lock
+(``mlflow_store.client``), and writes that find the database locked are retried (``retry_locked``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from http.client import HTTPException
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from labsweep.atomic import exclusive_lock
-from labsweep.paths import DEFAULT_STORE
+from labsweep.mlflow_store import (  # noqa: F401  (the store's API, used through this module too)
+    DEFAULT_STORE,
+    TrackingError,
+    check_tracking,
+    client,
+    first_line,
+    local_artifact_root,
+    tracking_uri,
+)
 from labsweep.signals import Terminated, closing_runs, signal_handling
 
 log = logging.getLogger(__name__)
 
 # MLflow's per-request limits for log_batch.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-CHECK_TIMEOUT = 5.0  # seconds for the reachability check of a tracking server
 LOCKED_RETRY_SECONDS = 120.0  # how long a write keeps retrying while SQLite says "database is locked"
 
 T = TypeVar("T")
-
-
-class TrackingError(Exception):
-    """The tracking store cannot be used; the message names the URI and what to do. A user error."""
-
-
-def tracking_uri(uri: str | None = None) -> str:
-    """``uri`` if given, else $MLFLOW_TRACKING_URI, else the project's SQLite store (an absolute
-    path, so jobs started from any directory land in one store)."""
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    DEFAULT_STORE.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORE}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///path`` URI (None for an in-memory or non-SQLite URI)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]  # sqlite:////abs/path or sqlite:///relative
-    return Path(path).resolve() if path and path != ":memory:" else None
-
-
-def _local_artifact_root(uri: str) -> str | None:
-    """For a local SQLite store, keep artifacts beside the database instead of in the current directory."""
-    db_path = _sqlite_path(uri)
-    return None if db_path is None else (db_path.parent / "mlartifacts").as_uri()
-
-
-# --------------------------------------------------------------------------- opening the store
-
-_ready: set[str] = set()  # URIs whose store this process has opened
-_ready_lock = threading.Lock()
-
-
-def client(uri: str | None = None) -> MlflowClient:
-    """An MlflowClient for ``uri`` (see ``tracking_uri``) whose store is ready to use.
-
-    MLflow creates a fresh SQLite store's tables and runs its schema migrations on first use,
-    without a lock: parallel jobs opening a new store at once break it ("duplicate column name:
-    step", "table _alembic_tmp_tags already exists"). Here the first opening in each process
-    happens under an exclusive lock on ``<database>.lock`` beside the database, so one process
-    migrates and the others then find the tables in place."""
-    resolved = tracking_uri(uri)
-    db_path = _sqlite_path(resolved)
-    if db_path is None or resolved in _ready:
-        return MlflowClient(resolved)
-    with _ready_lock:
-        if resolved in _ready:
-            return MlflowClient(resolved)
-        with exclusive_lock(db_path.with_name(db_path.name + ".lock")):
-            mlflow_client = MlflowClient(resolved)  # may create the store: tables, migrations
-            mlflow_client.search_experiments(max_results=1)
-        _ready.add(resolved)
-    return mlflow_client
-
-
-def check_tracking(uri: str | None = None) -> str:
-    """Fail fast, before any training, when the tracking store cannot be used; return the URI.
-
-    ``http(s)``: one request to the server's ``/health`` with a short timeout (MLflow's own client
-    would retry for minutes). SQLite: the database file, or the folder it will be created in, must
-    be writable, and the store must open (this also creates a new store, under the lock of
-    ``client``). Raises TrackingError naming the URI and how to fix it."""
-    resolved = tracking_uri(uri)
-    fix = (
-        "Fix tracking.uri=... or $MLFLOW_TRACKING_URI"
-        + (" (it is set in the environment)" if os.environ.get("MLFLOW_TRACKING_URI") and not uri else "")
-        + f", or unset both to log to the project's store {DEFAULT_STORE}."
-    )
-    scheme = urlparse(resolved).scheme
-    if scheme in ("http", "https"):
-        _check_server(resolved, fix)
-        return resolved
-    db_path = _sqlite_path(resolved)
-    if db_path is not None:
-        _check_sqlite_file(resolved, db_path, fix)
-    elif scheme in ("", "file"):
-        folder = Path(urlparse(resolved).path if scheme == "file" else resolved)
-        _check_writable_folder(resolved, folder, fix)
-    else:
-        return resolved  # databricks, custom stores: MLflow's client reports its own problems
-    try:
-        client(resolved).search_experiments(max_results=1)
-    except (MlflowException, OSError) as exc:
-        raise TrackingError(f"the MLflow store {resolved} cannot be opened: {_first_line(exc)}. {fix}") from exc
-    except Exception as exc:  # SQLAlchemy and alembic raise their own types for a broken database
-        raise TrackingError(
-            f"the MLflow store {resolved} cannot be opened ({type(exc).__name__}: {_first_line(exc)}): "
-            f"is it a database written by another MLflow version, or damaged? {fix}"
-        ) from exc
-    return resolved
-
-
-def _check_server(uri: str, fix: str) -> None:
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT) as response:
-            response.read(64)
-        return
-    except urllib.error.HTTPError as exc:  # the server answered: reachable, unless it is a proxy's 5xx
-        if exc.code < 500:
-            return
-        reason = f"{url} answered HTTP {exc.code} {exc.reason}"
-    except (urllib.error.URLError, HTTPException, TimeoutError, socket.timeout, ConnectionError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-    raise TrackingError(
-        f"cannot reach the MLflow tracking server {uri} ({reason}, within {CHECK_TIMEOUT:g} s). Start it "
-        "(mlflow server --host 127.0.0.1 --port 5000) or check the address. " + fix
-    )
-
-
-def _check_sqlite_file(uri: str, db_path: Path, fix: str) -> None:
-    if db_path.exists():
-        if not db_path.is_file():
-            raise TrackingError(f"the MLflow store {uri}: {db_path} is not a file. {fix}")
-        try:
-            with db_path.open("rb") as f:
-                header = f.read(16)
-        except OSError as exc:
-            raise TrackingError(f"the MLflow store {uri}: cannot read {db_path} ({exc.strerror}). {fix}") from exc
-        if header and header != b"SQLite format 3\x00":
-            raise TrackingError(f"the MLflow store {uri}: {db_path} is not an SQLite database. {fix}")
-        if not os.access(db_path, os.W_OK):
-            raise TrackingError(f"the MLflow store {uri}: {db_path} is not writable. {fix}")
-    # SQLite writes its journal beside the database, and MLflow creates missing parent folders.
-    _check_writable_folder(uri, db_path.parent, fix)
-
-
-def _check_writable_folder(uri: str, folder: Path, fix: str) -> None:
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TrackingError(f"the MLflow store {uri}: {existing} is not a folder, so {folder} cannot be created. {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrackingError(f"the MLflow store {uri}: the folder {existing} is not writable. {fix}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc)
-    return (str(text).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --------------------------------------------------------------------------- writes that wait for a busy SQLite store
@@ -208,14 +63,14 @@ def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             delay = min(2 * delay, 5.0)
 
 
-def finished_runs(client: MlflowClient, experiment: str, sweep: str | None = None) -> list[Any]:
-    """The experiment's FINISHED training runs (of one sweep, if given), sweep parent runs left out.
+def study_runs(client: MlflowClient, experiment: str, sweep: str | None = None, status: str = "FINISHED") -> list[Any]:
+    """The experiment's training runs (of one sweep, if given) with this status, sweep parent runs left out.
     An unknown experiment is a LookupError naming the experiments the store has."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise LookupError(f"no experiment named {experiment!r} in {client.tracking_uri} (experiments: {known})")
-    query = "attributes.status = 'FINISHED'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
+    query = f"attributes.status = '{status}'" + (f" and tags.sweep_id = '{sweep}'" if sweep else "")
     runs, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], query, max_results=1000, page_token=token)
@@ -223,6 +78,11 @@ def finished_runs(client: MlflowClient, experiment: str, sweep: str | None = Non
         token = page.token
         if not token:
             return runs
+
+
+def finished_runs(client: MlflowClient, experiment: str, sweep: str | None = None) -> list[Any]:
+    """The experiment's FINISHED training runs (of one sweep, if given), sweep parent runs left out."""
+    return study_runs(client, experiment, sweep, "FINISHED")
 
 
 def finished_run(uri: str | None, experiment: str, run_key: str) -> str | None:
@@ -243,7 +103,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         if found.lifecycle_stage == "deleted":
             retry_locked(client.restore_experiment, found.experiment_id)
         return found.experiment_id
-    root = _local_artifact_root(client.tracking_uri)
+    root = local_artifact_root(client.tracking_uri)
     location = f"{root}/{name}" if root else None
     try:
         return retry_locked(client.create_experiment, name, artifact_location=location)
@@ -386,7 +246,7 @@ def _close(logger: RunLogger, status: str, reason: str | None) -> None:
         error = exc
         log.error("could not log the last metrics of run %s: %s", logger.run_id, exc)
         if finishing:
-            status, reason = RunStatus.to_string(RunStatus.FAILED), f"could not log metrics: {_first_line(exc)}"
+            status, reason = RunStatus.to_string(RunStatus.FAILED), f"could not log metrics: {first_line(exc)}"
     if reason is not None:
         try:
             logger.set_tags({"failure": reason})
