@@ -21,7 +21,7 @@ from conftest import SHARED_DATA, SMALL, compose_config
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from labsweep import export, onnx_export
+from labsweep import onnx_export
 from labsweep.checkpoint import load_checkpoint
 from labsweep.synthetic import make_synthetic
 from labsweep.export import (

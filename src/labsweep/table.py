@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -89,6 +90,7 @@ def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]: 
     """Group the experiment's finished runs (of one sweep, if given) into rows and write their comments."""
     import tempfile
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file a run: no progress bars
     rows: dict[str, Row] = {}
     with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
         for run in _fetch_runs(client, experiment, sweep):
@@ -342,6 +344,7 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     compared = [(i, r.comparison) for i, r in enumerate(rows) if r.comparison and not math.isnan(r.comparison.low)]
     delta_ax.axhline(0, color="black", lw=0.8)
+    delta_ax.plot([0], [0], "D", color="black")  # the baseline itself
     for i, c in compared:
         colour = VERDICT_COLOURS.get(c.verdict if scale == 100 else {"better": "worse", "worse": "better"}.get(c.verdict, ""), "tab:gray")
         delta_ax.errorbar([i], [scale * c.delta], yerr=[[scale * (c.delta - c.low)], [scale * (c.high - c.delta)]],
