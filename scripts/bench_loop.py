@@ -25,9 +25,9 @@ from seed_loop import run_seed_loop  # noqa: E402
 
 from labsweep.build import build_training  # noqa: E402
 from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10  # noqa: E402
-from labsweep.synthetic import make_synthetic  # noqa: E402
 from labsweep.models import ModelSpec  # noqa: E402
 from labsweep.schema import MLPConfig, SGDConfig  # noqa: E402
+from labsweep.synthetic import make_synthetic  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -6,6 +6,7 @@ SQLite store (a fresh one included) lose no run and no metric."""
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from cli import command
 from mlflow.tracking import MlflowClient
 
 from labsweep import tracking
+from labsweep.checkpoint import load_checkpoint
 from labsweep.tracking import Terminated, tracked_run
 
 # Tiny synthetic jobs, one thread each (parallel jobs share 2 cores): ~3 ms per epoch here.
@@ -88,7 +91,31 @@ def test_diverged_training_fails_its_run_with_the_epoch(make_config, run_train, 
     (run,) = child_runs("t-rel-diverge")
     assert run.info.status == "FAILED"
     assert "diverged at epoch 1" in run.data.tags["failure"] and "Lower optimizer.lr" in run.data.tags["failure"]
-    assert not list(tmp_path.glob("checkpoint_*.pt"))
+    # The epoch where the loss stopped being finite is logged: the run shows where it went wrong.
+    (nan_epoch,) = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    assert nan_epoch.step == 1 and not math.isfinite(nan_epoch.value)
+    assert not list(tmp_path.glob("checkpoint_*.pt"))  # no finite epoch, so no weights worth keeping
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_a_run_that_diverges_later_keeps_its_finite_epochs_and_best_weights(tmp_path: Path) -> None:
+    # lr 1.0 with momentum on the smoke data: finite for a few epochs (5 here), then the loss overflows.
+    exp = "t-rel-diverge-cli"
+    proc = subprocess.run(command("experiment=smoke", "trainer.epochs=40", "optimizer.lr=1.0", "optimizer=sgd_momentum",
+                                  "trainer.progress=false", f"tracking.experiment={exp}", f"hydra.run.dir={tmp_path}"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out
+    (line,) = [x for x in out.splitlines() if "training diverged at epoch" in x]
+    epoch = int(line.split("diverged at epoch ")[1].split(":")[0])
+    assert epoch > 1, line
+    (run,) = child_runs(exp)
+    assert run.info.status == "FAILED"
+    assert steps(run.info.run_id) == list(range(1, epoch + 1))  # every epoch, the non-finite one included
+    model, meta = load_checkpoint(tmp_path / "checkpoint_best.pt")  # the best finite epoch's weights
+    assert 1 <= meta["epoch"] < epoch and all(torch.isfinite(p).all() for p in model.parameters())
+    assert "checkpoint_best.pt" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
 
 
 # --------------------------------------------------------------------------- an interrupted sweep
@@ -265,3 +292,90 @@ def test_a_parallel_sweep_on_one_sqlite_store_loses_no_run_and_no_metric(tmp_pat
         for key in ("train/loss", "train/acc", "test/loss", "test/acc"):
             assert steps(run.info.run_id, key, client) == list(range(1, 9)), (run.info.run_name, key)
         assert "final/test/acc" in run.data.metrics
+
+
+# --------------------------------------------------------------------------- a stopped single run, a full disk
+
+
+def test_sigterm_of_a_run_says_what_happened_and_what_to_do(tmp_path: Path) -> None:
+    exp = "t-rel-sigterm-run"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*TINY, "trainer.epochs=100000", f"tracking.experiment={exp}", f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/run"]
+    client = MlflowClient(tracking_uri=uri)
+    with running(start(args)) as proc:
+        run = wait_for(proc, "the run to log epochs", lambda: next((r for r in child_runs(exp, client)
+                                                                    if steps(r.info.run_id, client=client)), None))  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in out
+    (line,) = [x for x in out.splitlines() if "terminated by SIGTERM" in x]
+    assert "its MLflow runs are closed KILLED with their metrics so far. Run the same command again" in line
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: room for a run's first files, not for its checkpoints."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or mounted.returncode}): needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_folder(small_disk: Path, tmp_path: Path) -> None:
+    exp = "t-rel-disk-full"
+    # hidden 256: checkpoints of about 3 MiB each, more than the disk holds.
+    proc = subprocess.run(command(*TINY, "experiment=smoke", "trainer.epochs=2", "model.hidden=[256]",
+                                  f"tracking.experiment={exp}", f"hydra.run.dir={small_disk}/run"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Traceback" not in out and "unexpected pos" not in out
+    (line,) = [x for x in out.splitlines() if "no space left on the disk of" in x]
+    assert f"{small_disk}/run while writing " in line and "free some space there" in line
+    (run,) = child_runs(exp)
+    assert run.info.status == "FAILED" and "no space left" in run.data.tags["failure"]
+    assert not list((small_disk / "run").glob(".*.tmp"))  # no partial file left behind
+
+
+# --------------------------------------------------------------------------- runs a SIGKILL left RUNNING
+
+
+def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from labsweep.table import main as table_main
+
+    exp = "t-rel-sigkill"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    # A sweep of two long jobs, killed outright during the first: its parent and its job run stay RUNNING.
+    args = ["-m", *TINY, "trainer.epochs=100000", "seed=0,1", f"tracking.experiment={exp}", f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
+    with running(start(args)) as proc:
+        wait_for(proc, "the first job to log epochs", lambda: any(
+            steps(r.info.run_id, client=client) for r in child_runs(exp, client) if r.data.tags.get("labsweep.role") != "sweep"))  # fmt: skip
+        proc.kill()
+        proc.communicate(timeout=60)
+    stuck = child_runs(exp, client)
+    assert len(stuck) == 2 and {r.info.status for r in stuck} == {"RUNNING"}
+    assert all(r.data.tags["labsweep.owner.pid"] == str(proc.pid) for r in stuck)
+    assert any("labsweep.heartbeat" in r.data.tags for r in stuck)  # sent with the metrics
+
+    # The next labsweep command that opens the experiment (here the table) closes them, and says so.
+    assert table_main(["--experiment", exp, "--tracking-uri", uri]) == 1  # nothing FINISHED yet
+    closed = [client.get_run(r.info.run_id) for r in stuck]
+    assert {r.info.status for r in closed} == {"KILLED"}
+    for run in closed:
+        assert f"abandoned: its process {proc.pid} on " in run.data.tags["failure"]
+        assert "is gone (killed: SIGKILL, out of memory, or a crash)" in run.data.tags["failure"]
+    assert len([r for r in caplog.records if "was left RUNNING" in r.getMessage()]) == 2
+
+    # A live process's runs are never touched: this test process's own run stays RUNNING.
+    with tracked_run(uri, exp, "alive") as alive:
+        assert tracking.close_abandoned_runs(client, exp) == 0
+        assert client.get_run(alive.run_id).info.status == "RUNNING"

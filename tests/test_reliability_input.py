@@ -64,6 +64,15 @@ CASES = [
     pytest.param([*SMOKE, "seed=abc"], 2, "Value 'abc' of type 'str' could not be converted to Integer (key seed)", id="seed-not-an-integer"),
     pytest.param([*SMOKE, "seed=1.5"], 2, "Value '1.5' of type 'float' could not be converted to Integer (key seed)", id="seed-1.5"),
     ([*SMOKE, "tracking.experiment="], 2, "tracking.experiment is empty"),
+    ([*SMOKE, "tracking.uri=foo://x"], 2, "tracking URI 'foo://x': MLflow has no tracking store for foo:// URIs"),
+    # Infinite and not-a-number values, for every kind of float key.
+    ([*SMOKE, "optimizer.lr=inf"], 2, "optimizer.lr must be a finite number, got inf"),
+    ([*SMOKE, "optimizer.lr=nan"], 2, "optimizer.lr must be a finite number, got nan"),
+    ([*SMOKE, "optimizer.momentum=-inf"], 2, "optimizer.momentum must be a finite number, got -inf"),
+    ([*SMOKE, "optimizer.weight_decay=inf"], 2, "optimizer.weight_decay must be a finite number, got inf"),
+    ([*SMOKE, "model=vgg", "model.dropout=nan"], 2, "model.dropout must be a finite number, got nan"),
+    (["experiment=lab1_regression", "dataset.noise=inf", *SMOKE[1:]], 2, "dataset.noise must be a finite number, got inf"),
+    (["sweep=lr", "hydra.mode=RUN", "lr_scale.divisor=inf", *SMOKE], 2, "lr_scale.divisor must be a finite number, got inf"),
     # A batch larger than the training set; iteration budgets that whole epochs cannot meet.
     ([*SMOKE, "trainer.batch_size=5000"], 2, "trainer.batch_size=5000 is larger than the training set (900 images)"),
     pytest.param(["sweep=batch_size", "hydra.mode=RUN", "dataset=synthetic", "trainer.iterations=1", *SMOKE[1:]], 2,
@@ -163,13 +172,17 @@ def closed_port() -> int:
 
 @pytest.fixture()
 def http_server() -> Iterator[str]:
-    """A stand-in MLflow server: /health answers 200, /broken/health 503."""
+    """A stand-in MLflow server: /health answers 200, /broken/health 503, /notmlflow/* 404."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/notmlflow"):  # a web server, but not MLflow's: 404 to everything
+                self.send_response(404)
+                self.end_headers()
+                return
             self.send_response(503 if self.path.startswith("/broken") else 200)
             self.end_headers()
-            self.wfile.write(b"OK")
+            self.wfile.write(b'{"experiments": []}' if "/api/2.0/mlflow/" in self.path else b"OK")
 
         def log_message(self, *args: object) -> None:
             pass
@@ -186,6 +199,10 @@ def http_server() -> Iterator[str]:
 
 def test_check_tracking(http_server: str, tmp_path: Path) -> None:
     assert check_tracking(http_server) == http_server
+    with pytest.raises(TrackingError, match=r"answers, but is it an MLflow tracking server\? .*experiments/search answered HTTP 404"):
+        check_tracking(f"{http_server}/notmlflow")
+    with pytest.raises(TrackingError, match=r"tracking URI 'foo://x': MLflow has no tracking store for foo:// URIs"):
+        check_tracking("foo://x")
     with pytest.raises(TrackingError, match=rf"cannot reach the MLflow tracking server {http_server}/broken .*503"):
         check_tracking(f"{http_server}/broken")
 

@@ -3,7 +3,9 @@ and one process at a time where several may write the same thing."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +21,46 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     complete new one. On error the temporary file is removed and ``dest`` is untouched.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise _disk_full(exc, dest) or exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_path, dest)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torch.save's writer on a full disk
+        tmp_path.unlink(missing_ok=True)
+        full = _disk_full(exc, dest)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+class DiskFullError(OSError):
+    """The disk a file was being written to is full: a user error (exit status 2) naming the file and folder."""
+
+
+def _disk_full(exc: BaseException, dest: Path) -> DiskFullError | None:
+    """A DiskFullError for ``exc`` if the disk of ``dest`` is full (ENOSPC, a quota, or under 1 MiB free)."""
+    if isinstance(exc, DiskFullError):
+        return exc
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full:
+        try:
+            full = shutil.disk_usage(dest.parent).free < (1 << 20)
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return DiskFullError(f"no space left on the disk of {dest.parent} while writing {dest.name}: free "
+                         "some space there (or set hydra.run.dir / hydra.sweep.dir to a folder on another disk) and "
+                         "run the same command again")  # fmt: skip
 
 
 def _umask() -> int:

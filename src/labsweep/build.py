@@ -14,13 +14,7 @@ from typing import Any
 
 import torch
 
-from labsweep.datasets import (
-    ImageData,
-    VariantRule,
-    load_cifar10,
-    load_cifar100,
-    resolve_classes,
-)
+from labsweep.datasets import ImageData, VariantRule, load_cifar10, load_cifar100, resolve_classes
 from labsweep.loop import FitResult, Split, fit
 from labsweep.models import Classifier, ModelSpec, build_model
 from labsweep.optimizers import build_optimizer

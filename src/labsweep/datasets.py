@@ -15,13 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from labsweep.cifar_files import (
-    CIFAR10_URL,
-    CIFAR100_URL,
-    DataError,
-    ensure_dataset,
-    load_file,
-)
+from labsweep.cifar_files import CIFAR10_URL, CIFAR100_URL, DataError, ensure_dataset, load_file
 
 __all__ = [
     "CIFAR10_MEAN",

@@ -207,11 +207,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def choose_run(client: Any, args: argparse.Namespace) -> Any:
+    from labsweep.tracking import close_abandoned_runs
+
     if args.run_id:
+        run = get_run(client, args.run_id)
+        close_abandoned_runs(client, client.get_experiment(run.info.experiment_id).name)  # left RUNNING by a killed job
         run = get_run(client, args.run_id)
         if run.info.status != "FINISHED":
             print(f"note: run {args.run_id} is {run.info.status}, not FINISHED", file=sys.stderr)
         return run
+    close_abandoned_runs(client, args.experiment)
     runs = finished_runs(client, args.experiment, args.sweep)
     pick = pick_best(runs, args.metric)
     if pick is None:

@@ -18,31 +18,21 @@ import torch
 from omegaconf import OmegaConf
 
 from labsweep import reports
-from labsweep.atomic import write_text
-from labsweep.build import (
-    build_data,
-    build_device,
-    build_schedule,
-    build_training,
-    model_spec,
-)
+from labsweep.atomic import DiskFullError, write_text
+from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
-from labsweep.loop import evaluate
+from labsweep.loop import DivergedError, evaluate
 from labsweep.models import notation
-from labsweep.run_files import TrainedRun, summary_metrics, write_run_files
-from labsweep.runs import (
-    JobSkipped,
-    Launch,
-    replica_name,
-    replicas_to_train,
-    run_name,
-    run_tags,
-)
+from labsweep.run_files import TrainedRun, summary_metrics, write_diverged_files, write_run_files
+from labsweep.runs import JobSkipped, Launch, replica_name, replicas_to_train, run_name, run_tags
 from labsweep.schema import Config, ConfigError
+from labsweep.signals import Terminated
 from labsweep.sweep import SweepContext
 from labsweep.tracking import (
     TrackingError,
     check_tracking,
+    client,
+    close_abandoned_runs,
     fail_run,
     flatten,
     tracked_run,
@@ -87,6 +77,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     if trainer.threads is not None:
         torch.set_num_threads(trainer.threads)
     check_tracking(track.uri)  # an unreachable server or unusable store fails now, not after training
+    close_abandoned_runs(client(track.uri), track.experiment)  # runs a killed process left RUNNING
     replicas = replicas_to_train(config, skip_finished=sweep is not None and track.skip_finished)
     data = build_data(config.dataset)
     schedule = build_schedule(trainer, len(data.train_y))
@@ -117,19 +108,19 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,
                                eval_batch_size=trainer.eval_batch_size, progress=trainer.progress)  # fmt: skip
         seconds = time.perf_counter() - start
-        if all(r.diverged for r in results):
-            raise results[0].diverged  # type: ignore[misc]
         final_train = evaluate(training.net, training.train, trainer.eval_batch_size)
         final_test = evaluate(training.net, training.test, trainer.eval_batch_size)
 
         # Write each replica's files, summary metrics and artifacts.
         summaries: dict[int, dict[str, float]] = {}
         for k, (replica, run, result) in enumerate(zip(replicas, runs, results, strict=True)):
-            if result.diverged:
-                continue  # its run is ended FAILED below, once every run has been closed
+            out = launch.output_dir if len(replicas) == 1 else launch.output_dir / f"seed_{replica.seed}"
+            if result.diverged:  # its config and best finite weights; its run is ended FAILED below
+                write_diverged_files(out, training.single(k), spec, data, logged[k], result)
+                run.log_artifacts(out)
+                continue
             trained = TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k], final_test[k], schedule.epochs)
             summary = summary_metrics(trained, seconds)
-            out = launch.output_dir if len(replicas) == 1 else launch.output_dir / f"seed_{replica.seed}"
             summary |= write_run_files(out, trained, summary, device)
             run(summary, schedule.epochs)
             run.flush()
@@ -138,6 +129,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["time/epoch_ms"],
                      summary["final/test/acc"], summary["final/train/acc"], result.best_epoch, summary["best/test/acc"])  # fmt: skip
+        if all(r.diverged for r in results):
+            raise results[0].diverged  # type: ignore[misc]  # every run ends FAILED with it
     for run, result in zip(runs, results, strict=True):
         if result.diverged:  # the other replicas finished; this one's run says why it did not
             fail_run(run, str(result.diverged))
@@ -155,6 +148,7 @@ def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) ->
 
     task, track, out = scratch_task(config), config.tracking, launch.output_dir
     check_tracking(track.uri)  # an unreachable server or unusable store fails now, not after training
+    close_abandoned_runs(client(track.uri), track.experiment)  # runs a killed process left RUNNING
     (replica,) = replicas_to_train(config, skip_finished=sweep is not None and track.skip_finished)
     tags = run_tags(replica, launch, sweep, task=config.task, dataset=config.dataset.name, notation=task.notation)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,15 +181,21 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         if sweep:
             sweep.record("skipped", name=name, run_id=skipped.run_id)
         return float("nan")
+    except (Terminated, KeyboardInterrupt) as stop:  # the job's runs are closed KILLED with their metrics so far
+        how = str(stop) if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        log.error("%s: %s; its MLflow runs are closed KILLED with their metrics so far. Run the same command again "
+                  "to train it from the start", name, how)  # fmt: skip
+        raise
     except Exception as exc:
-        user_error = isinstance(exc, (ConfigError, DataError, TrackingError))
+        user_error = isinstance(exc, (ConfigError, DataError, TrackingError, DiskFullError))
+        explained = user_error or isinstance(exc, DivergedError)  # a sentence says it all: no traceback
         if sweep is None:
-            if user_error:  # a clear message, no traceback
+            if explained:
                 log.error("%s", exc)
-                raise SystemExit(2) from None
+                raise SystemExit(2 if user_error else 1) from None
             raise
         # In a sweep one failed job must not stop the others: record it, the sweep ends non-zero.
-        log.error("job %d (%s) failed: %s", launch.job_num, name, exc, exc_info=not user_error)
+        log.error("job %d (%s) failed: %s", launch.job_num, name, exc, exc_info=not explained)
         sweep.record("failed", name=name, reason=f"{type(exc).__name__}: {exc}")
         return float("nan")
     objective: Any = result.get("test/acc", result.get("train/mse", float("nan")))

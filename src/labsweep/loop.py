@@ -115,8 +115,9 @@ def fit(
     progress: bool = True,
 ) -> list[FitResult]:
     """Train every replica for ``epochs``, evaluating on ``test`` after each; keep each replica's weights
-    at its lowest test loss. A replica whose train loss stops being finite is marked diverged and no
-    longer logged; the loop stops at once when every replica has diverged."""
+    at its lowest test loss. A replica whose train loss stops being finite is marked diverged: that
+    epoch is logged (so the run shows where it went wrong), later ones are not; the loop stops at once
+    when every replica has diverged."""
     results = [FitResult(history=[]) for _ in generators]
     bar = tqdm(range(1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
     for epoch in bar:
@@ -125,11 +126,11 @@ def fit(
         for r, (result, metrics, test_eval) in enumerate(zip(results, train_stats, test_evals, strict=True)):
             if result.diverged:
                 continue
+            metrics |= {"test/loss": test_eval.loss, "test/acc": test_eval.acc}
+            log_metrics[r](metrics, epoch)
             if not math.isfinite(metrics["train/loss"]):
                 result.diverged = DivergedError(epoch, metrics["train/loss"])
                 continue
-            metrics |= {"test/loss": test_eval.loss, "test/acc": test_eval.acc}
-            log_metrics[r](metrics, epoch)
             result.history.append(metrics)
             if not result.best_metrics or test_eval.loss < result.best_metrics["test/loss"]:
                 result.best_epoch, result.best_metrics = epoch, metrics

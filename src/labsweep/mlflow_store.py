@@ -3,6 +3,7 @@ file (``client``), and whether it can be used at all, checked before any trainin
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -19,6 +20,8 @@ from labsweep.atomic import exclusive_lock
 from labsweep.paths import DEFAULT_STORE
 
 CHECK_TIMEOUT = 5.0  # seconds for the reachability check of a tracking server
+# The URI schemes MLflow has a tracking store for (its own registry's; "postgresql+psycopg2" counts as postgresql).
+TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
 class TrackingError(Exception):
@@ -92,8 +95,13 @@ def check_tracking(uri: str | None = None) -> str:
         + f", or unset both to log to the project's store {DEFAULT_STORE}."
     )
     scheme = urlparse(resolved).scheme
+    if scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise TrackingError(f"tracking URI {resolved!r}: MLflow has no tracking store for {scheme}:// URIs; use "
+                            "sqlite:///path/mlflow.db, a folder, postgresql://... or mysql://..., or the "
+                            f"http(s)://host:port of an mlflow server. {fix}")  # fmt: skip
     if scheme in ("http", "https"):
         _check_server(resolved, fix)
+        _check_is_mlflow(resolved, fix)
         return resolved
     db_path = _sqlite_path(resolved)
     if db_path is not None:
@@ -131,6 +139,26 @@ def _check_server(uri: str, fix: str) -> None:
         f"cannot reach the MLflow tracking server {uri} ({reason}, within {CHECK_TIMEOUT:g} s). Start it "
         "(mlflow server --host 127.0.0.1 --port 5000) or check the address. " + fix
     )
+
+
+def _check_is_mlflow(uri: str, fix: str) -> None:
+    """A server that answers is not necessarily MLflow's: ask it what MLflow's client will ask first."""
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT) as response:
+            json.loads(response.read(1 << 20) or b"{}")
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # a server with authentication: MLflow's client sends the credentials
+            return
+        answer = f"HTTP {exc.code} {exc.reason}"
+    except ValueError:
+        answer = "a page that is not JSON"
+    except (urllib.error.URLError, HTTPException, TimeoutError, socket.timeout, ConnectionError) as exc:
+        answer = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+    raise TrackingError(f"{uri} answers, but is it an MLflow tracking server? GET /health answered, GET "
+                        f"/api/2.0/mlflow/experiments/search answered {answer}. Point tracking.uri at the address "
+                        f"`mlflow server` listens on. {fix}")  # fmt: skip
 
 
 def _check_sqlite_file(uri: str, db_path: Path, fix: str) -> None:

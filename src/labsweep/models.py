@@ -11,13 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labsweep.schema import (
-    POOLINGS,
-    ConfigError,
-    ModelConfig,
-    check_pooling,
-    model_from_dict,
-)
+from labsweep.schema import POOLINGS, ConfigError, ModelConfig, check_pooling, model_from_dict
 
 __all__ = ["NETS", "POOLINGS", "Classifier", "ModelSpec", "Normalize", "build_model", "cnn", "mlp", "notation", "vgg"]
 

@@ -9,11 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    classification_report,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, precision_recall_fscore_support
 from torch import nn
 
 from labsweep.atomic import save_figure, write_text

@@ -76,3 +76,15 @@ def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], devic
     save_whole_model(out / "model_best_full.pt", model)  # Lab 2's torch.save(model): see the README
     write_text(out / "metrics.json", json.dumps(summary | per_class, indent=2, sort_keys=True))
     return per_class
+
+
+def write_diverged_files(out: Path, model: Classifier, spec: ModelSpec, data: ImageData, config: dict[str, Any],
+                         result: FitResult) -> None:  # fmt: skip
+    """What a run that diverged keeps: its config and, when an epoch before it was finite, the weights of
+    the finite epoch with the lowest test loss as ``checkpoint_best.pt``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(config))
+    if result.best_state:
+        model.net.load_state_dict(result.best_state)
+        save_checkpoint(out / "checkpoint_best.pt", model, spec, epoch=result.best_epoch, metrics=result.best_metrics,
+                        class_ids=data.class_ids, class_names=data.class_names, config=config)  # fmt: skip

@@ -80,9 +80,7 @@ class Replica:
 def replicas_to_train(config: Config, skip_finished: bool) -> list[Replica]:
     """Seeds ``seed .. seed + trainer.replicas - 1`` of the job, each with its own config. With
     ``skip_finished`` (a sweep job), seeds that have a FINISHED run are left out; JobSkipped when none is left."""
-    from labsweep.tracking import (
-        finished_run,  # MLflow: imported once a job really runs
-    )
+    from labsweep.tracking import finished_run  # MLflow: imported once a job really runs
 
     resolved = as_dict(config)
     replicas = []

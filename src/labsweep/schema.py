@@ -17,6 +17,7 @@ one place.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -41,13 +42,20 @@ def _optional_positive_int(value: Any, key: str) -> None:
         positive_int(value, key)
 
 
+def _finite(value: Any, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
 def positive_float(value: Any, key: str) -> float:
+    _finite(value, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
     return float(value)
 
 
 def _non_negative(value: float, key: str) -> None:
+    _finite(value, key)
     if not value >= 0:
         raise ConfigError(f"{key} must be zero or positive, got {value!r}")
 
@@ -169,6 +177,7 @@ class VGGConfig:
 
     def __post_init__(self) -> None:
         _named("model", self.name, "vgg", "model=mlp|cnn|vgg")
+        _finite(self.dropout, "model.dropout")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -328,6 +337,11 @@ class LrScaleConfig:
     base_iterations: int = 3000
     divisor: float = 1.0
 
+    def __post_init__(self) -> None:
+        positive_float(self.base_lr, "lr_scale.base_lr")
+        positive_int(self.base_iterations, "lr_scale.base_iterations")
+        positive_float(self.divisor, "lr_scale.divisor")
+
 
 # task -> the dataset names it takes. `classify` is the image classifier; the rest are the from-scratch labs.
 TASKS: dict[str, tuple[str, ...]] = {
@@ -345,12 +359,12 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    lr_scale: Optional[LrScaleConfig] = None  # before optimizer: its values are checked before the lr they make
     optimizer: Any = MISSING
     task: str = "classify"
     seed: int = 0
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    lr_scale: Optional[LrScaleConfig] = None
     arm: Optional[str] = None  # a label that keeps an otherwise identical configuration in a table row of its own (an A/A control)
 
     def __post_init__(self) -> None:

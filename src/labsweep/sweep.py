@@ -119,9 +119,10 @@ class SweepCallback(Callback):
         sid = sweep_id(config)
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         exp_id = experiment_id(self.client, str(config.tracking.experiment))
+        tracking.close_abandoned_runs(self.client, str(config.tracking.experiment))  # a killed earlier launch's runs
         parent = retry_locked(self.client.create_run, exp_id, run_name=f"sweep {sid}", tags={
             "sweep_id": sid, "labsweep.role": "sweep", "swept": json.dumps(params),
-            "overrides": " ".join(task_overrides(config)),
+            "overrides": " ".join(task_overrides(config)), **tracking.owner_tags(),
         })  # fmt: skip
         self._open = True
         self._pid = os.getpid()
@@ -248,11 +249,7 @@ class SweepCallback(Callback):
         return len(runs)
 
     def _log_table(self, config: DictConfig) -> None:
-        from labsweep.table import (  # imported late: only needed here
-            build_rows,
-            plot_rows,
-            render,
-        )
+        from labsweep.table import build_rows, plot_rows, render  # imported late: only needed here
 
         assert self.context is not None and self.client is not None
         rows = build_rows(self.client, str(config.tracking.experiment), self.context.sweep_id)

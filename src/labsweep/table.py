@@ -373,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from labsweep import tracking  # imported here: --help stays fast
 
     client = tracking.client(args.tracking_uri)  # a brand-new store is set up under a lock
+    tracking.close_abandoned_runs(client, args.experiment)  # runs a killed process left RUNNING: say so, close them
     rows = build_rows(client, args.experiment, args.sweep)
     if not rows:
         print(f"labsweep-table: no FINISHED runs in experiment {args.experiment!r}"

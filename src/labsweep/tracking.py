@@ -8,8 +8,10 @@ Parallel jobs share one SQLite store safely: its first use happens under a file 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -61,6 +63,72 @@ def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             log.warning("MLflow store busy (database is locked); retrying in %.1f s", delay)
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
+
+
+# --------------------------------------------------------------------------- runs whose process is gone
+
+OWNER_HOST, OWNER_PID, OWNER_START, HEARTBEAT = ("labsweep.owner.host", "labsweep.owner.pid", "labsweep.owner.start",
+                                                 "labsweep.heartbeat")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: a run's owner can never be proven gone, so nothing is closed
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks>`` of a live process (None if there is none with that pid): with
+    the pid, it names one process for ever, even once the pid is reused."""
+    boot = _boot_id()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}" if boot else None
+
+
+def owner_tags() -> dict[str, str]:
+    """Who owns a run while it is RUNNING: this machine, this process and its start."""
+    return {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid()), OWNER_START: _process_start(os.getpid()) or ""}
+
+
+def owner_gone(tags: Mapping[str, str]) -> str | None:
+    """Why a RUNNING run's process is provably gone, or None: only a process of this machine can be checked."""
+    host, pid, start = tags.get(OWNER_HOST), tags.get(OWNER_PID, ""), tags.get(OWNER_START, "")
+    boot = _boot_id()
+    if host != socket.gethostname() or not pid.isdigit() or not start or boot is None:
+        return None
+    if not start.startswith(f"{boot}:"):
+        return f"its process {pid} ran on {host} before the machine restarted"
+    now = _process_start(int(pid))
+    if now is None:
+        return f"its process {pid} on {host} is gone (killed: SIGKILL, out of memory, or a crash)"
+    if now != start:
+        return f"its process {pid} on {host} is gone (that pid is another process now)"
+    return None
+
+
+def close_abandoned_runs(mlflow_client: MlflowClient, experiment: str) -> int:
+    """End KILLED every RUNNING run of ``experiment`` whose process is provably gone (it was killed where no
+    handler runs: SIGKILL, the OOM killer), with a ``failure`` tag saying so; log each one. Runs of other
+    machines are left alone: nothing here can tell whether they still run."""
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    closed = 0
+    for run in mlflow_client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        reason = owner_gone(run.data.tags)
+        if reason is None:
+            continue
+        beat = run.data.tags.get(HEARTBEAT)
+        why = f"abandoned: {reason}" + (f"; its last sign of life was at {beat}" if beat else "")
+        end_run(mlflow_client, run.info.run_id, RunStatus.to_string(RunStatus.KILLED), why)
+        log.warning("run %s (%s) was left RUNNING: %s. Closed it KILLED", run.info.run_id, run.info.run_name, reason)
+        closed += 1
+    return closed
 
 
 def study_runs(client: MlflowClient, experiment: str, sweep: str | None = None, status: str = "FINISHED") -> list[Any]:
@@ -154,7 +222,8 @@ class RunLogger:
     def flush(self) -> None:
         while self._pending:  # a batch leaves the buffer only once it is stored
             batch = self._pending[:MAX_METRICS]
-            retry_locked(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
+            beat = [RunTag(HEARTBEAT, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()))]  # in the same request
+            retry_locked(self.client.log_batch, self.run_id, metrics=batch, tags=beat, synchronous=True)
             del self._pending[: len(batch)]
         self._last_flush = time.monotonic()
 
@@ -200,7 +269,7 @@ def tracked_run(
     the reason goes into the ``failure`` tag, and pending metrics are flushed first, so what was
     logged before a crash is kept. A signal during that cleanup waits for it to finish."""
     mlflow_client = client(uri)
-    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    all_tags = {str(k): str(v) for k, v in (tags or {}).items()} | owner_tags()
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     exp_id = experiment_id(mlflow_client, experiment)

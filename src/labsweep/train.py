@@ -45,9 +45,7 @@ def typed_config(cfg: DictConfig) -> schema.Config:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
-    from labsweep.job import (
-        run_job,  # the heavy imports start here, once a job really runs
-    )
+    from labsweep.job import run_job  # the heavy imports start here, once a job really runs
     from labsweep.runs import Launch
 
     hc = HydraConfig.get()

@@ -13,12 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from labsweep.scratch.threads import one_torch_thread
-from labsweep.scratch.toy_data import (
-    make_binary,
-    save_decision_surface,
-    save_loss_curve,
-    split_seed,
-)
+from labsweep.scratch.toy_data import make_binary, save_decision_surface, save_loss_curve, split_seed
 
 Params = dict[str, torch.Tensor]
 from labsweep.callbacks import LogMetrics

@@ -14,12 +14,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from labsweep.callbacks import LogMetrics
-from labsweep.scratch.toy_data import (
-    make_multiclass,
-    save_decision_surface,
-    save_loss_curve,
-    split_seed,
-)
+from labsweep.scratch.toy_data import make_multiclass, save_decision_surface, save_loss_curve, split_seed
 
 # The homework's step was alpha = 0.01 with batch 32 and 40 epochs, but its loss backward returned
 # softmax - Y, the gradient of the batch *sum*, while its forward reported the batch mean. Here

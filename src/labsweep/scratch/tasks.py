@@ -18,11 +18,7 @@ class ScratchTask:
 
 
 def scratch_task(config: Config) -> ScratchTask:
-    from labsweep.scratch import (  # imported here: only these tasks need them
-        binary,
-        numpy_mlp,
-        regression,
-    )
+    from labsweep.scratch import binary, numpy_mlp, regression  # imported here: only these tasks need them
 
     hidden, lr, ds, trainer = config.model.hidden, config.optimizer.lr, config.dataset, config.trainer
     if config.task == "regression":
