@@ -259,3 +259,18 @@ def test_a_job_with_an_unusable_sqlite_store_stops_before_training(tmp_path: Pat
     out = assert_refused(tmp_path, capsys, [*SMOKE, f"tracking.uri=sqlite:///{tmp_path}/notes.db"], 2,
                          f"{tmp_path}/notes.db is not an SQLite database")  # fmt: skip
     assert "data: synthetic" not in out
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("foo://x", "tracking URI 'foo://x': MLflow has no tracking store for foo:// URIs"),
+    ("NOT_MLFLOW", "answers, but is it an MLflow tracking server? GET /health answered, GET "
+                   "/api/2.0/mlflow/experiments/search answered HTTP 404"),
+], ids=["unknown-scheme", "not-an-mlflow-server"])  # fmt: skip
+def test_as_a_command_an_unusable_tracking_uri_is_one_line_before_any_data(uri: str, message: str, http_server: str,
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    uri = uri.replace("NOT_MLFLOW", f"{http_server}/notmlflow")
+    ran = labsweep_train(*SMOKE, f"tracking.uri={uri}", tmp_path=tmp_path, timeout=300)
+    assert ran.code == 2, ran.output[-3000:]
+    (line,) = [x for x in ran.output.splitlines() if message in x]
+    assert "tracking.uri" in line and "Traceback" not in ran.output
+    assert "data: synthetic" not in ran.output  # stopped before reading any data

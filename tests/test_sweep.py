@@ -106,6 +106,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on_then_exits_non_zero(tmp
     assert proc.code == 1
     out = proc.output
     assert "1 finished, 0 skipped, 1 failed" in out and "diverged" in out
+    assert "Traceback" not in out  # the failure is its one-line reason, beside the summary
     children = {r.data.params["optimizer.lr"]: r for r in runs(exp) if r.data.tags.get("labsweep.role") != "sweep"}
     assert children["0.005"].info.status == "FINISHED"
     assert children["1000000000000.0"].info.status == "FAILED"

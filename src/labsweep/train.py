@@ -94,6 +94,10 @@ def main() -> None:
             raise
         print(f"labsweep-train: {composition_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C: the job said what happened to its runs; no traceback
+        if wants_traceback:
+            raise
+        raise SystemExit(130) from None
     finally:
         if not wants_traceback:
             os.environ.pop("HYDRA_FULL_ERROR", None)
