@@ -94,8 +94,10 @@ def test_diverged_training_fails_its_run_with_the_epoch(make_config, run_train, 
     # The epoch where the loss stopped being finite is logged: the run shows where it went wrong.
     (nan_epoch,) = MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert nan_epoch.step == 1 and not math.isfinite(nan_epoch.value)
-    assert not list(tmp_path.glob("checkpoint_*.pt"))  # no finite epoch, so no weights worth keeping
-    assert (tmp_path / "config.yaml").is_file()
+    # No finite epoch: the last finite weights are the initial ones, kept as checkpoint_last.pt (epoch 0).
+    model, meta = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert meta["epoch"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (tmp_path / "checkpoint_best.pt").exists() and (tmp_path / "config.yaml").is_file()
 
 
 def test_a_run_that_diverges_later_keeps_its_finite_epochs_and_best_weights(tmp_path: Path) -> None:
@@ -113,9 +115,11 @@ def test_a_run_that_diverges_later_keeps_its_finite_epochs_and_best_weights(tmp_
     (run,) = child_runs(exp)
     assert run.info.status == "FAILED"
     assert steps(run.info.run_id) == list(range(1, epoch + 1))  # every epoch, the non-finite one included
-    model, meta = load_checkpoint(tmp_path / "checkpoint_best.pt")  # the best finite epoch's weights
+    model, meta = load_checkpoint(tmp_path / "checkpoint_last.pt")  # the last finite weights: the epoch before
+    assert meta["epoch"] == epoch - 1 and all(torch.isfinite(p).all() for p in model.parameters())
+    model, meta = load_checkpoint(tmp_path / "checkpoint_best.pt")  # and the best finite epoch's
     assert 1 <= meta["epoch"] < epoch and all(torch.isfinite(p).all() for p in model.parameters())
-    assert "checkpoint_best.pt" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"checkpoint_best.pt", "checkpoint_last.pt"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
 
 
 # --------------------------------------------------------------------------- an interrupted sweep

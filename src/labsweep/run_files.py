@@ -80,11 +80,15 @@ def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], devic
 
 def write_diverged_files(out: Path, model: Classifier, spec: ModelSpec, data: ImageData, config: dict[str, Any],
                          result: FitResult) -> None:  # fmt: skip
-    """What a run that diverged keeps: its config and, when an epoch before it was finite, the weights of
-    the finite epoch with the lowest test loss as ``checkpoint_best.pt``."""
+    """What a run that diverged keeps: its config, the last finite weights as ``checkpoint_last.pt`` (those of
+    the epoch before the loss stopped being finite; epoch 0: as initialised) and, when a finite epoch was
+    evaluated, the one with the lowest test loss as ``checkpoint_best.pt``."""
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(config))
+    meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": config}
+    model.net.load_state_dict(result.last_finite_state)
+    last = result.history[-1] if result.history else {}
+    save_checkpoint(out / "checkpoint_last.pt", model, spec, epoch=result.last_finite_epoch, metrics=last, **meta)
     if result.best_state:
         model.net.load_state_dict(result.best_state)
-        save_checkpoint(out / "checkpoint_best.pt", model, spec, epoch=result.best_epoch, metrics=result.best_metrics,
-                        class_ids=data.class_ids, class_names=data.class_names, config=config)  # fmt: skip
+        save_checkpoint(out / "checkpoint_best.pt", model, spec, epoch=result.best_epoch, metrics=result.best_metrics, **meta)

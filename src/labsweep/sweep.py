@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -190,7 +191,9 @@ class SweepCallback(Callback):
             return
         self._open = False
         exc = getattr(sys, "last_value", None)  # set when an uncaught exception was printed
-        if signals.last_signal is not None and not isinstance(exc, KeyboardInterrupt):
+        if signals.last_signal == signal.SIGINT:  # Ctrl-C, turned into exit status 130 by labsweep.train.main
+            exc = KeyboardInterrupt()
+        elif signals.last_signal is not None and not isinstance(exc, KeyboardInterrupt):
             exc = signals.Terminated(signals.last_signal)
         try:
             by_status = self._outcomes()

@@ -11,6 +11,7 @@ status 2. This module imports only Hydra, OmegaConf and the schema, so ``labswee
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -21,10 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from labsweep import (
-    resolvers,  # noqa: F401  (registers the resolvers the config uses)
-    schema,
-)
+from labsweep import resolvers  # noqa: F401  (registers the resolvers the config uses)
+from labsweep import schema, signals
 from labsweep.paths import CONFIG_DIR
 
 schema.register()
@@ -97,6 +96,7 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C: the job said what happened to its runs; no traceback
         if wants_traceback:
             raise
+        signals.last_signal = signal.SIGINT  # for a sweep's exit hook: it closes the parent run KILLED
         raise SystemExit(130) from None
     finally:
         if not wants_traceback:
