@@ -107,3 +107,10 @@ def test_interval_and_p_value_agree() -> None:
 def test_shapes_are_checked(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match="seeds, images"):
         paired_comparison(bad, np.ones((2, 5)))
+
+
+if __name__ == "__main__":  # python tests/test_compare.py: the rates behind the README and the closing note
+    five = shift_for(5.0)
+    for method in ("paired", "independent"):
+        print(f"{method}: A/A {rates(method, 0.0)}; +5 pts {rates(method, five)}")
+    print(f"paired, one seed per row: A/A {rates('paired', 0.0, seeds=1)}")

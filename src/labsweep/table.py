@@ -5,6 +5,10 @@ over n seeds), in the course's columns: Network configuration | Hyperparameters 
 The comment is written from the row's difference to the study's baseline row: the difference in mean
 test accuracy with its 95% interval and p-value, paired by test image (``labsweep.compare``), and a verdict:
 better, worse or within noise.
+
+About 400 lines, one module on purpose: it is the results table from end to end (grouping runs into rows,
+comparing each with the baseline, wording the comments and footnotes, rendering Markdown, CSV and the
+plot), and each part reads the rows the others write.
 """
 
 from __future__ import annotations
