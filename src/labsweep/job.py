@@ -115,7 +115,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         summaries: dict[int, dict[str, float]] = {}
         for k, (replica, run, result) in enumerate(zip(replicas, runs, results, strict=True)):
             out = launch.output_dir if len(replicas) == 1 else launch.output_dir / f"seed_{replica.seed}"
-            if result.diverged:  # its config and best finite weights; its run is ended FAILED below
+            if result.diverged:  # its config and last finite weights; its run is ended FAILED below
                 write_diverged_files(out, training.single(k), spec, data, logged[k], result)
                 run.log_artifacts(out)
                 continue
