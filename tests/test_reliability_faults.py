@@ -383,3 +383,16 @@ def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Pa
     with tracked_run(uri, exp, "alive") as alive:
         assert tracking.close_abandoned_runs(client, exp) == 0
         assert client.get_run(alive.run_id).info.status == "RUNNING"
+
+
+def test_a_run_is_judged_abandoned_only_when_that_is_provable() -> None:
+    mine = tracking.owner_tags()
+    assert tracking.owner_gone(mine) is None  # this process is alive
+    dead = {**mine, "labsweep.owner.pid": "999999999"}
+    assert "is gone" in tracking.owner_gone(dead)
+    boot, rest = mine["labsweep.owner.start"].split("/", 1)
+    other_namespace = {**dead, "labsweep.owner.start": f"{boot}/pid:[1]:{rest.rsplit(':', 1)[1]}"}
+    assert tracking.owner_gone(other_namespace) is None  # another container's pids are not visible here
+    assert "before the machine restarted" in tracking.owner_gone({**dead, "labsweep.owner.start": f"old-boot/{rest}"})
+    assert tracking.owner_gone({**dead, "labsweep.owner.host": "another-machine"}) is None
+    assert tracking.owner_gone({}) is None  # a run logged before owners were recorded

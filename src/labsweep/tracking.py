@@ -73,8 +73,10 @@ OWNER_HOST, OWNER_PID, OWNER_START, HEARTBEAT = ("labsweep.owner.host", "labswee
 
 @functools.lru_cache(maxsize=1)
 def _boot_id() -> str | None:
+    """This boot of this kernel, and this PID namespace: two containers on one host see different processes
+    under the same pids, so a run is judged only by a process that sees the same ones."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:  # not Linux: a run's owner can never be proven gone, so nothing is closed
         return None
 
@@ -101,8 +103,10 @@ def owner_gone(tags: Mapping[str, str]) -> str | None:
     boot = _boot_id()
     if host != socket.gethostname() or not pid.isdigit() or not start or boot is None:
         return None
-    if not start.startswith(f"{boot}:"):
+    if start.split("/")[0] != boot.split("/")[0]:
         return f"its process {pid} ran on {host} before the machine restarted"
+    if not start.startswith(f"{boot}:"):
+        return None  # another PID namespace (container) of this machine: its processes are not visible here
     now = _process_start(int(pid))
     if now is None:
         return f"its process {pid} on {host} is gone (killed: SIGKILL, out of memory, or a crash)"
