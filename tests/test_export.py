@@ -24,16 +24,8 @@ from PIL import Image
 from labsweep import onnx_export
 from labsweep.checkpoint import load_checkpoint
 from labsweep.synthetic import make_synthetic
-from labsweep.export import (
-    DEFAULT_OPSET,
-    VerificationError,
-    export_verified,
-    onnx_metadata,
-    onnx_session,
-    pick_best,
-    spec_of,
-    verification_images,
-)
+from labsweep.export import pick_best, spec_of, verification_images
+from labsweep.onnx_export import DEFAULT_OPSET, VerificationError, export_verified, onnx_metadata, onnx_session
 from labsweep.export import main as export_main
 from labsweep.job import train
 from labsweep.models import ModelSpec, build_model, notation

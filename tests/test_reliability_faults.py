@@ -351,9 +351,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_folder(small_disk: Path, tm
 # --------------------------------------------------------------------------- runs a SIGKILL left RUNNING
 
 
-def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from labsweep.table import main as table_main
-
+def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Path) -> None:
     exp = "t-rel-sigkill"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
@@ -370,14 +368,16 @@ def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Pa
     assert all(r.data.tags["labsweep.owner.pid"] == str(proc.pid) for r in stuck)
     assert any("labsweep.heartbeat" in r.data.tags for r in stuck)  # sent with the metrics
 
-    # The next labsweep command that opens the experiment (here the table) closes them, and says so.
-    assert table_main(["--experiment", exp, "--tracking-uri", uri]) == 1  # nothing FINISHED yet
+    # The next labsweep command that opens the experiment (here the table, as a command) closes them, and says so.
+    table = subprocess.run([sys.executable, "-m", "labsweep.table", "--experiment", exp, "--tracking-uri", uri],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert table.returncode == 1, table.stderr[-2000:]  # nothing FINISHED yet
+    assert table.stderr.count("was left RUNNING") == 2 and "Closed it KILLED" in table.stderr
     closed = [client.get_run(r.info.run_id) for r in stuck]
     assert {r.info.status for r in closed} == {"KILLED"}
     for run in closed:
         assert f"abandoned: its process {proc.pid} on " in run.data.tags["failure"]
         assert "is gone (killed: SIGKILL, out of memory, or a crash)" in run.data.tags["failure"]
-    assert len([r for r in caplog.records if "was left RUNNING" in r.getMessage()]) == 2
 
     # A live process's runs are never touched: this test process's own run stays RUNNING.
     with tracked_run(uri, exp, "alive") as alive:

@@ -32,7 +32,8 @@ from store import run_count
 from labsweep import cifar_files
 from labsweep.atomic import atomic_path, write_text
 from labsweep.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from labsweep.export import export_verified, main as export_main, onnx_metadata
+from labsweep.export import main as export_main
+from labsweep.onnx_export import export_verified, onnx_metadata
 from labsweep.models import ModelSpec, build_model
 from labsweep.predict import main as predict_main
 from labsweep.schema import MLPConfig

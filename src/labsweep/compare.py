@@ -37,15 +37,16 @@ class Comparison:
     high: float
     p_value: float
     method: str  # "paired" (images and seeds), "images" (one seed in a row), "independent"
+    higher_is_better: bool = True  # accuracy; False for an error such as mse
 
     @property
     def verdict(self) -> str:
         if math.isnan(self.low):
             return "unknown"  # one run in each row, no per-image predictions: nothing to measure the noise by
         if self.low > 0:
-            return "better"
+            return "better" if self.higher_is_better else "worse"
         if self.high < 0:
-            return "worse"
+            return "worse" if self.higher_is_better else "better"
         return "within noise"
 
 
@@ -85,7 +86,8 @@ def paired_comparison(base: np.ndarray, row: np.ndarray) -> Comparison:
     return _verdict_interval(delta, math.sqrt(variance), df, "paired")
 
 
-def independent_comparison(base: Sequence[float], row: Sequence[float], n_test: int = 0) -> Comparison:
+def independent_comparison(base: Sequence[float], row: Sequence[float], n_test: int = 0,
+                           higher_is_better: bool = True) -> Comparison:  # fmt: skip
     """From each run's summary value alone: the seeds' spread (std/√n) of each row plus, for accuracies
     measured on ``n_test`` images, an independent binomial error per row; a normal interval."""
 
@@ -97,6 +99,7 @@ def independent_comparison(base: Sequence[float], row: Sequence[float], n_test: 
     delta = float(np.mean(row) - np.mean(base))
     se = math.sqrt(variance(base) + variance(row))
     if not se > 0:
-        return Comparison(delta, math.nan, math.nan, math.nan, "independent")
+        return Comparison(delta, math.nan, math.nan, math.nan, "independent", higher_is_better)
     half = float(stats.norm.ppf(0.5 + LEVEL / 2)) * se
-    return Comparison(delta, delta - half, delta + half, float(2 * stats.norm.sf(abs(delta) / se)), "independent")
+    p = float(2 * stats.norm.sf(abs(delta) / se))
+    return Comparison(delta, delta - half, delta + half, p, "independent", higher_is_better)

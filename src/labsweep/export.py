@@ -26,7 +26,7 @@ import numpy as np
 from labsweep.checkpoint import CheckpointError, load_checkpoint
 from labsweep.datasets import DataError
 from labsweep.models import ModelSpec, notation
-from labsweep.onnx_export import (  # noqa: F401  (the export API, also used from here)
+from labsweep.onnx_export import (
     ATOL,
     DEFAULT_OPSET,
     INPUT,
@@ -35,13 +35,9 @@ from labsweep.onnx_export import (  # noqa: F401  (the export API, also used fro
     OUTPUT,
     VERIFY_BATCHES,
     ExportError,
-    Verification,
     VerificationError,
-    export_onnx,
     export_verified,
     onnx_metadata,
-    onnx_session,
-    verify_onnx,
 )
 from labsweep.paths import PROJECT_ROOT
 from labsweep.schema import ConfigError, dataset_from_dict

@@ -5,6 +5,7 @@ with them, and refuses to pair runs whose test sets differ."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def test_set_of(dataset: str, class_ids: tuple[int, ...], images: np.ndarray, la
 
 
 def write(out: Path, test_set: TestSet, labels: np.ndarray, predicted: np.ndarray) -> Path:
-    record = {"format": FORMAT, "test_set": test_set.__dict__ | {"classes": list(test_set.classes)},
+    record = {"format": FORMAT, "test_set": dataclasses.asdict(test_set) | {"classes": list(test_set.classes)},
               "labels": [int(v) for v in labels], "predicted": [int(v) for v in predicted]}  # fmt: skip
     return write_text(out / FILE, json.dumps(record, separators=(",", ":")))
 

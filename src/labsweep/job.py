@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from labsweep import reports
+from labsweep import image_predictions, reports
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
@@ -110,6 +110,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         seconds = time.perf_counter() - start
         final_train = evaluate(training.net, training.train, trainer.eval_batch_size)
         final_test = evaluate(training.net, training.test, trainer.eval_batch_size)
+        test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
 
         # Write each replica's files, summary metrics and artifacts.
         summaries: dict[int, dict[str, float]] = {}
@@ -119,7 +120,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                 write_diverged_files(out, training.single(k), spec, data, logged[k], result)
                 run.log_artifacts(out)
                 continue
-            trained = TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k], final_test[k], schedule.epochs)
+            trained = TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k], final_test[k],
+                                 schedule.epochs, test_set)  # fmt: skip
             summary = summary_metrics(trained, seconds)
             summary |= write_run_files(out, trained, summary, device)
             run(summary, schedule.epochs)

@@ -5,7 +5,6 @@ the per-image test predictions the results table pairs runs with (``test_predict
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ class TrainedRun:
     final_train: Evaluation
     final_test: Evaluation
     epochs: int
+    test_set: image_predictions.TestSet  # the test images' identity (the job's, shared by its replicas)
 
 
 def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
@@ -48,11 +48,6 @@ def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
     }  # fmt: skip
 
 
-@functools.lru_cache(maxsize=2)  # the replicas of one job share their data: its digests are computed once
-def _test_set(data: ImageData) -> image_predictions.TestSet:
-    return image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
-
-
 def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], device: torch.device) -> dict[str, float]:
     """Write the run's files into ``out``; returns the per-class metrics of its reports."""
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +59,7 @@ def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], devic
         "train": (data.train_y, run.final_train.predictions.numpy()),
         "test": (data.test_y, run.final_test.predictions.numpy()),
     })  # fmt: skip
-    image_predictions.write(out, _test_set(data), data.test_y, run.final_test.predictions.numpy())  # for the table
+    image_predictions.write(out, run.test_set, data.test_y, run.final_test.predictions.numpy())  # for the table
     reports.save_figure(reports.learning_curves_figure(run.result.history, run.result.best_epoch), out / "learning_curves.png")
     if run.spec.name == "mlp" and run.spec.model.hidden:
         reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")

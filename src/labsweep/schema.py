@@ -235,46 +235,43 @@ class VariantRuleConfig:
                 raise ConfigError(f"dataset.rule.streams.{name} must set exactly one of variant (an offset) or fixed (a class id)")
 
 
-def _caps(cfg: Any) -> None:
-    for key in ("max_train_per_class", "max_test_per_class"):
-        if getattr(cfg, key) is not None:
-            positive_int(getattr(cfg, key), f"dataset.{key} (or null)")
+@dataclass
+class CifarFilesConfig:
+    """What both CIFAR datasets share: where the official files are, which classes, how they are checked."""
+
+    name: str = MISSING
+    root: str = "${labsweep.data_root:}"  # $LABSWEEP_DATA or <project>/data; holds cifar-100-python/ or cifar-10-batches-py/
+    classes: Optional[list[int]] = None  # explicit ids (CIFAR-10: null is all 10; CIFAR-100: they win over the variant rule)
+    verify: bool = True  # check extracted files against the official md5s
+    download: bool = True
+    url: str = MISSING
+    max_train_per_class: Optional[int] = None  # cap images per class (null: all)
+    max_test_per_class: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_train_per_class", "max_test_per_class"):
+            if getattr(self, key) is not None:
+                positive_int(getattr(self, key), f"dataset.{key} (or null)")
 
 
 @dataclass
-class Cifar100Config:
+class Cifar100Config(CifarFilesConfig):
     """The student's variant: CIFAR-100 classes, explicit or by the course's rule."""
 
     name: str = "cifar100"
-    root: str = "${labsweep.data_root:}"  # $LABSWEEP_DATA or <project>/data; holds cifar-100-python/
-    classes: Optional[list[int]] = None  # explicit ids; win over the variant rule
-    group: Optional[int] = None
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    group: Optional[int] = None  # the variant rule: group + group_offset, variant + variant_offset, the stream's class
     variant: Optional[int] = None
     stream: str = "iu5"
     rule: VariantRuleConfig = field(default_factory=VariantRuleConfig)
-    verify: bool = True  # check extracted files against the official md5s
-    download: bool = True
-    url: str = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-    max_train_per_class: Optional[int] = None
-    max_test_per_class: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        _caps(self)
 
 
 @dataclass
-class Cifar10Config:
-    name: str = "cifar10"
-    root: str = "${labsweep.data_root:}"  # holds cifar-10-batches-py/
-    classes: Optional[list[int]] = None  # null: all 10
-    verify: bool = True
-    download: bool = True
-    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    max_train_per_class: Optional[int] = None
-    max_test_per_class: Optional[int] = None
+class Cifar10Config(CifarFilesConfig):
+    """CIFAR-10 (the homework's data): all 10 classes, or a subset."""
 
-    def __post_init__(self) -> None:
-        _caps(self)
+    name: str = "cifar10"
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 @dataclass

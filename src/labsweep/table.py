@@ -189,7 +189,7 @@ def compare(baseline: Row, row: Row) -> tuple[Comparison | None, str]:
     same test set; the independent method otherwise. Returns the comparison (None when the rows cannot be
     compared) and why not."""
     if row.metric == "mse":
-        return independent_comparison(baseline.test, row.test), ""
+        return independent_comparison(baseline.test, row.test, higher_is_better=False), ""
     if baseline.test_sets and row.test_sets:
         for other in [*baseline.test_sets, *row.test_sets]:
             differs = baseline.test_sets[0].differs_from(other)
@@ -211,10 +211,9 @@ def describe_comparison(c: Comparison, metric: str) -> str:
     if math.isnan(c.low):
         return f"{name}{_signed(c.delta, scale, digits)}{unit} (uncertainty unknown: one run in each row)"
     p = "p < 0.001" if c.p_value < 0.001 else f"p = {c.p_value:.2g}"
-    verdict = c.verdict if metric == "acc" else {"better": "worse", "worse": "better"}.get(c.verdict, c.verdict)  # lower mse is better
     seeds = " (images only: seeds not repeated)" if c.method == "images" else ""
     return (f"{name}{_signed(c.delta, scale, digits)}{unit} [{_signed(c.low, scale, digits)}, "
-            f"{_signed(c.high, scale, digits)}], {p}: {verdict}{seeds}")  # fmt: skip
+            f"{_signed(c.high, scale, digits)}], {p}: {c.verdict}{seeds}")  # fmt: skip
 
 
 def write_comments(rows: Sequence[Row], baseline: Row) -> None:
@@ -350,7 +349,7 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str) -> Path:
     delta_ax.axhline(0, color="black", lw=0.8)
     delta_ax.plot([0], [0], "D", color="black")  # the baseline itself
     for i, c in compared:
-        colour = VERDICT_COLOURS.get(c.verdict if scale == 100 else {"better": "worse", "worse": "better"}.get(c.verdict, ""), "tab:gray")
+        colour = VERDICT_COLOURS.get(c.verdict, "tab:gray")
         delta_ax.errorbar([i], [scale * c.delta], yerr=[[scale * (c.delta - c.low)], [scale * (c.high - c.delta)]],
                           fmt="o", capsize=4, color=colour)  # fmt: skip
     delta_ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)

@@ -22,8 +22,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from labsweep import resolvers  # noqa: F401  (registers the resolvers the config uses)
-from labsweep import schema, signals
+from labsweep import (
+    resolvers,  # noqa: F401  (registers the resolvers the config uses)
+    schema,
+    signals,
+)
 from labsweep.paths import CONFIG_DIR
 
 schema.register()
