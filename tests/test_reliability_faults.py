@@ -396,3 +396,22 @@ def test_a_run_is_judged_abandoned_only_when_that_is_provable() -> None:
     assert "before the machine restarted" in tracking.owner_gone({**dead, "labsweep.owner.start": f"old-boot/{rest}"})
     assert tracking.owner_gone({**dead, "labsweep.owner.host": "another-machine"}) is None
     assert tracking.owner_gone({}) is None  # a run logged before owners were recorded
+
+
+def test_a_sigterm_swallowed_by_a_callback_still_stops_training_within_an_epoch() -> None:
+    from labsweep import signals
+    from labsweep.build import build_training, model_spec
+    from labsweep.schema import MLPConfig, SGDConfig
+    from labsweep.synthetic import make_synthetic
+
+    data = make_synthetic(train_per_class=20, test_per_class=5)
+    training = build_training(model_spec(MLPConfig(), "none", data), SGDConfig(), data, [0])
+    with signals.signal_handling():
+        try:  # what Python does with an exception raised inside a finaliser: print it, drop it
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        except Terminated:
+            pass  # here it arrived; a finaliser would have dropped it
+        with pytest.raises(Terminated):
+            training.fit(epochs=5, batch_size=10)
+    training.fit(epochs=1, batch_size=10)  # raised once: the next training runs

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from labsweep.callbacks import LogMetrics
 from labsweep.replicas import Replicas
+from labsweep.signals import raise_if_stopped
 
 
 class DivergedError(RuntimeError):
@@ -123,6 +124,7 @@ def fit(
     results = [FitResult(history=[], last_finite_state=net.state(r)) for r in range(len(generators))]
     bar = tqdm(range(1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
     for epoch in bar:
+        raise_if_stopped()  # a SIGTERM whose exception a callback swallowed during the last epoch
         train_stats = train_epoch(net, optimizer, train, batch_size, generators)
         test_evals = evaluate(net, test, eval_batch_size)
         for r, (result, metrics, test_eval) in enumerate(zip(results, train_stats, test_evals, strict=True)):

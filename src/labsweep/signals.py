@@ -35,13 +35,34 @@ _deferred: list[int] = []
 last_signal: int | None = None  # the last terminating signal received, for the sweep's summary
 
 
+_unraised: int | None = None  # a signal whose Terminated may have been swallowed (see raise_if_stopped)
+
+
 def _on_terminating_signal(signum: int, frame: Any) -> None:
-    global last_signal
+    global last_signal, _unraised
     last_signal = signum
     if _closing:
         _defer(signum)
         return
+    _unraised = signum
     raise Terminated(signum)
+
+
+def acknowledge(exc: BaseException) -> None:
+    """A Terminated reached a handler (a run being closed KILLED): it was not swallowed."""
+    global _unraised
+    if isinstance(exc, Terminated):
+        _unraised = None
+
+
+def raise_if_stopped() -> None:
+    """Raise Terminated for a signal whose exception never reached the code it interrupted: a handler that
+    fires inside a finaliser or weakref callback has its exception printed and dropped by Python. The
+    training loop calls this once an epoch, so such a signal stops the run within an epoch."""
+    global _unraised
+    if _unraised is not None:
+        signum, _unraised = _unraised, None
+        raise Terminated(signum)
 
 
 def _defer(signum: int) -> None:

@@ -31,7 +31,7 @@ from labsweep.mlflow_store import (  # noqa: F401  (the store's API, used throug
     local_artifact_root,
     tracking_uri,
 )
-from labsweep.signals import Terminated, closing_runs, signal_handling
+from labsweep.signals import Terminated, acknowledge, closing_runs, signal_handling
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,7 @@ def tracked_run(
         try:
             yield logger
         except BaseException as exc:
+            acknowledge(exc)
             status, reason = describe_interruption(exc)
             with closing_runs():
                 _close(logger, status, reason)
