@@ -12,7 +12,7 @@ store (created before timing starts) under its own experiment, with tracking.ski
 each variant trains every job; the temporary folder is deleted at the end unless --keep.
 
 Prints each run's wall time (the whole command: start-up, jobs, the sweep's table), the jobs' own
-training seconds (``time/train_seconds`` from MLflow), the load average around each run (other work
+training seconds (``train_seconds`` from MLflow), the load average around each run (other work
 on the machine skews timings), the medians and the ratio joblib / basic.
 """
 
@@ -74,7 +74,7 @@ def train_seconds(uri: str, experiment: str) -> list[float]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'") if exp else []
-    return [r.data.metrics["time/train_seconds"] for r in runs if "time/train_seconds" in r.data.metrics]
+    return [r.data.metrics["train_seconds"] for r in runs if "train_seconds" in r.data.metrics]
 
 
 def run_once(variant: str, rep: int, args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict:

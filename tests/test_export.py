@@ -197,7 +197,7 @@ def run_ids(client: MlflowClient, experiment: str) -> set[str]:
 @pytest.fixture(scope="module")
 def runs(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """Four real one-epoch runs: configuration A (hidden 10) and B (hidden 4), two seeds each. Their
-    final/test/acc is then set (a later step replaces the shown value) so that A holds the single
+    final_test_acc is then set (a later step replaces the shown value) so that A holds the single
     best run but B has the better mean: A 0.90 / 0.70, B 0.84 / 0.86."""
     made = Runs(f"t-export-{uuid.uuid4().hex[:8]}")
     client = MlflowClient()
@@ -209,7 +209,7 @@ def runs(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         before = run_ids(client, made.experiment)
         train(config, Launch(made.dirs[name], choices=CHOICES))
         (made.ids[name],) = run_ids(client, made.experiment) - before
-        client.log_metric(made.ids[name], "final/test/acc", acc, step=1000)
+        client.log_metric(made.ids[name], "final_test_acc", acc, step=1000)
     for name in ("a0", "a1"):
         client.set_tag(made.ids[name], "sweep_id", "sweep-a")
     # Neither a sweep's parent run nor a failed run is a candidate, whatever their metrics say.
@@ -217,7 +217,7 @@ def runs(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     parent = client.create_run(exp_id, tags={"labsweep.role": "sweep"})
     failed = client.create_run(exp_id, tags={"config_hash": "zzz"})
     for run, status in ((parent, "FINISHED"), (failed, "FAILED")):
-        client.log_metric(run.info.run_id, "final/test/acc", 0.99)
+        client.log_metric(run.info.run_id, "final_test_acc", 0.99)
         client.set_terminated(run.info.run_id, status)
     return made
 
@@ -227,8 +227,8 @@ def test_best_exports_the_best_seed_of_the_best_mean_configuration(runs: Runs, t
     assert export_main(["--best", "--experiment", runs.experiment, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     picked = runs.ids["b1"]
-    assert f"picked run {picked} (seed 1, final/test/acc 0.8600) of configuration `FC(4), FC(3)`" in printed
-    assert "mean final/test/acc 0.8500 over 2 seeds, best of 2 configurations" in printed
+    assert f"picked run {picked} (seed 1, final_test_acc 0.8600) of configuration `FC(4), FC(3)`" in printed
+    assert "mean final_test_acc 0.8500 over 2 seeds, best of 2 configurations" in printed
     assert "synthetic test images" in printed and "batch sizes 1 and 64" in printed
 
     meta = metadata_of(out)

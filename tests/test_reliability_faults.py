@@ -295,7 +295,7 @@ def test_a_parallel_sweep_on_one_sqlite_store_loses_no_run_and_no_metric(tmp_pat
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         for key in ("train/loss", "train/acc", "test/loss", "test/acc"):
             assert steps(run.info.run_id, key, client) == list(range(1, 9)), (run.info.run_name, key)
-        assert "final/test/acc" in run.data.metrics
+        assert "final_test_acc" in run.data.metrics
 
 
 # --------------------------------------------------------------------------- a stopped single run, a full disk

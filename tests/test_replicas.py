@@ -95,7 +95,7 @@ def test_replicas_log_like_separate_seeds_and_form_one_table_row(make_config, ru
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
     assert len({r.data.tags["config_hash"] for r in runs}) == 1
-    assert all(r.info.status == "FINISHED" and "final/test/acc" in r.data.metrics for r in runs)
+    assert all(r.info.status == "FINISHED" and "final_test_acc" in r.data.metrics for r in runs)
     (row,) = build_rows(client, experiment)
     assert row.n == 4
 

@@ -139,7 +139,7 @@ def fake_run(client: MlflowClient, exp_id: str, *, job: int, seed: int, test: fl
             "trainer.iterations": "3000", "derived.iterations": "3000", "derived.test_images": "300", "seed": str(seed)}  # fmt: skip
     for k, v in (base | params).items():
         client.log_param(run.info.run_id, k, v)
-    for k, v in {"final/test/acc": test, "final/train/acc": train, "best/test/acc": test + 0.01, "best/epoch": 40}.items():
+    for k, v in {"final_test_acc": test, "final_train_acc": train, "best_test_acc": test + 0.01, "best_epoch": 40}.items():
         client.log_metric(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id)
 

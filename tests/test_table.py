@@ -37,8 +37,8 @@ def log_run(client: MlflowClient, exp_id: str, tmp: Path, *, job: int, seed: int
         client.log_param(run.info.run_id, k, v)
     if predicted is not None:
         acc = float((predicted == labels).mean())
-        client.log_metric(run.info.run_id, "final/test/acc", acc)
-        client.log_metric(run.info.run_id, "final/train/acc", 0.99)
+        client.log_metric(run.info.run_id, "final_test_acc", acc)
+        client.log_metric(run.info.run_id, "final_train_acc", 0.99)
         folder = tmp / run.info.run_id
         folder.mkdir()
         client.log_artifact(run.info.run_id, str(image_predictions.write(folder, test_set, labels, predicted)))

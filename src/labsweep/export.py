@@ -40,6 +40,7 @@ from labsweep.onnx_export import (
     onnx_metadata,
 )
 from labsweep.paths import PROJECT_ROOT
+from labsweep.run_files import RENAMED, current_names
 from labsweep.schema import ConfigError, dataset_from_dict
 
 ARTIFACT_DIR, ARTIFACT_NAME = "onnx", "model.onnx"
@@ -100,7 +101,7 @@ class Pick:
 
         run = self.run
         seed = run.data.tags.get("seed", run.data.params.get("seed", "?"))
-        value = run.data.metrics[self.metric]
+        value = metric_of(run, self.metric)
         hyper = hyperparameters(run.data.params)
         config = f"`{run.data.tags.get('notation', '?')}`" + (f" {hyper}" if hyper else "")
         per_seed = f"over {self.seeds} seeds" if self.seeds > 1 else "from its only seed"
@@ -113,24 +114,29 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in ("loss", "mse", "error"))
 
 
+def metric_of(run: Any, metric: str) -> float | None:
+    """A run's ``metric``, also under the name an older run logged it with (``final/test/acc``)."""
+    return current_names(run.data.metrics).get(RENAMED.get(metric, metric))
+
+
 def pick_best(runs: Sequence[Any], metric: str) -> Pick | None:
     """Group runs by their ``config_hash`` tag (the results table's rows: configurations that differ
     only in the seed), take the configuration with the best mean ``metric``, then its best run."""
     sign = -1.0 if lower_is_better(metric) else 1.0
     groups: dict[str, list[Any]] = {}
     for run in runs:
-        value = run.data.metrics.get(metric)
+        value = metric_of(run, metric)
         if value is not None and not math.isnan(value):
             groups.setdefault(run.data.tags.get("config_hash") or run.info.run_id, []).append(run)
     if not groups:
         return None
 
     def mean(group: list[Any]) -> float:
-        return statistics.fmean(r.data.metrics[metric] for r in group)
+        return statistics.fmean(metric_of(r, metric) for r in group)  # type: ignore[misc]
 
     # Ties: more seeds is the better-supported mean; then the earliest run, for a stable answer.
     best = max(groups.values(), key=lambda g: (sign * mean(g), len(g), -min(r.info.start_time for r in g)))
-    run = max(best, key=lambda r: (sign * r.data.metrics[metric], -r.info.start_time))
+    run = max(best, key=lambda r: (sign * metric_of(r, metric), -r.info.start_time))  # type: ignore[operator]
     return Pick(run, metric, mean(best), len(best), len(groups))
 
 
@@ -181,8 +187,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             "its seeds (runs grouped by their config_hash tag), then its best seed")  # fmt: skip
     parser.add_argument("--experiment", help="MLflow experiment name (tracking.experiment), for --best")
     parser.add_argument("--sweep", help="with --best: only the runs of this sweep id (their sweep_id tag)")
-    parser.add_argument("--metric", default="final/test/acc",
-                        help="with --best: the run metric to rank by (default: final/test/acc; a metric named "
+    parser.add_argument("--metric", default="final_test_acc",
+                        help="with --best: the run metric to rank by (default: final_test_acc; a metric named "
                              "*loss*, *mse* or *error* ranks lowest first)")  # fmt: skip
     parser.add_argument("--checkpoint", choices=tuple(CHECKPOINTS), default="best",
                         help="best: the epoch with the lowest test loss (default); last: the final epoch")

@@ -129,8 +129,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             run.log_artifacts(out)
             summaries[replica.seed] = summary
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
-                     f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["time/epoch_ms"],
-                     summary["final/test/acc"], summary["final/train/acc"], result.best_epoch, summary["best/test/acc"])  # fmt: skip
+                     f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],
+                     summary["final_test_acc"], summary["final_train_acc"], result.best_epoch, summary["best_test_acc"])  # fmt: skip
         if all(r.diverged for r in results):
             raise results[0].diverged  # type: ignore[misc]  # every run ends FAILED with it
     for run, result in zip(runs, results, strict=True):
@@ -140,8 +140,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     log.info("MLflow run%s %s in %s (mlflow ui --backend-store-uri %s)", "s" if len(runs) > 1 else "",
              ", ".join(r.run_id for r in runs), track.experiment, tracking_uri(track.uri))  # fmt: skip
     first = next(iter(summaries.values()))
-    test_accs = [s["final/test/acc"] for s in summaries.values()]
-    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final/train/acc"]}
+    test_accs = [s["final_test_acc"] for s in summaries.values()]
+    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final_train_acc"]}
 
 
 def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) -> dict[str, float]:
@@ -160,12 +160,12 @@ def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) ->
         write_text(out / "config.yaml", OmegaConf.to_yaml(replica.config))
         start = time.perf_counter()
         summary = task.run(**task.options, seed=replica.seed, log_metrics=logger, output_dir=out)
-        summary = {k: float(v) for k, v in summary.items()} | {"time/train_seconds": time.perf_counter() - start}
+        summary = {k: float(v) for k, v in summary.items()} | {"train_seconds": time.perf_counter() - start}
         write_text(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
         logger.flush()
         logger.log_artifacts(out)
-        log.info("%s done in %.1f s: %s", config.task, summary["time/train_seconds"],
-                 ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if not k.startswith("time/")))  # fmt: skip
+        log.info("%s done in %.1f s: %s", config.task, summary["train_seconds"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k != "train_seconds"))  # fmt: skip
     return summary
 
 

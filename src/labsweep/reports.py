@@ -28,14 +28,14 @@ def classification_text(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[
 
 
 def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str], split: str) -> dict[str, float]:
-    """``test/precision/33_forest`` etc. for every class."""
+    """``test_precision_33_forest`` etc. for every class."""
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=list(range(len(names))), zero_division=0
     )
     metrics: dict[str, float] = {}
     for name, p, r, f in zip(names, precision, recall, f1, strict=True):
         key = name.replace(" ", "_")
-        metrics |= {f"{split}/precision/{key}": p, f"{split}/recall/{key}": r, f"{split}/f1/{key}": f}
+        metrics |= {f"{split}_precision_{key}": p, f"{split}_recall_{key}": r, f"{split}_f1_{key}": f}
     return metrics
 
 

@@ -36,15 +36,30 @@ class TrainedRun:
     test_set: image_predictions.TestSet  # the test images' identity (the job's, shared by its replicas)
 
 
+# MLflow's run page draws one chart section per metric prefix (what comes before the last "/"), in
+# alphabetical order, and the metrics with no prefix last, under "Model metrics". So the learning curves keep
+# their prefixes (train/, test/) and come first; the one-value summaries have none. Runs logged before the
+# rename carry the old names: ``current_names`` reads both.
+RENAMED = {"best/epoch": "best_epoch", "best/test/loss": "best_test_loss", "best/test/acc": "best_test_acc",
+           "best/train/acc": "best_train_acc", "final/train/loss": "final_train_loss", "final/train/acc": "final_train_acc",
+           "final/test/loss": "final_test_loss", "final/test/acc": "final_test_acc",
+           "time/train_seconds": "train_seconds", "time/epoch_ms": "epoch_ms"}  # fmt: skip
+
+
+def current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's metrics with the summary names of today (an older run's ``final/test/acc`` as ``final_test_acc``)."""
+    return {RENAMED.get(k, k): v for k, v in metrics.items()}
+
+
 def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
     """The run's summary metrics: final and best-epoch (lowest test loss) values, and its time."""
     best = run.result.best_metrics
     return {
-        "final/train/loss": run.final_train.loss, "final/train/acc": run.final_train.acc,
-        "final/test/loss": run.final_test.loss, "final/test/acc": run.final_test.acc,
-        "best/epoch": float(run.result.best_epoch), "best/test/loss": best["test/loss"],
-        "best/test/acc": best["test/acc"], "best/train/acc": best["train/acc"],
-        "time/train_seconds": seconds, "time/epoch_ms": 1000 * seconds / run.epochs,
+        "final_train_loss": run.final_train.loss, "final_train_acc": run.final_train.acc,
+        "final_test_loss": run.final_test.loss, "final_test_acc": run.final_test.acc,
+        "best_epoch": float(run.result.best_epoch), "best_test_loss": best["test/loss"],
+        "best_test_acc": best["test/acc"], "best_train_acc": best["train/acc"],
+        "train_seconds": seconds, "epoch_ms": 1000 * seconds / run.epochs,
     }  # fmt: skip
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from labsweep import image_predictions
 from labsweep.atomic import save_figure, write_text
 from labsweep.compare import Comparison, independent_comparison, paired_comparison
+from labsweep.run_files import current_names
 from labsweep.runs import NOT_PART_OF_RESULT
 
 # Params that never make two rows differ in a way worth a comment: what does not change a result, the
@@ -98,20 +99,20 @@ def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]: 
     rows: dict[str, Row] = {}
     with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
         for run in _fetch_runs(client, experiment, sweep):
-            tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+            tags, metrics, params = run.data.tags, current_names(run.data.metrics), run.data.params
             key = tags.get("config_hash") or run.info.run_id
-            metric = "acc" if ("final/test/acc" in metrics or "test/acc" in metrics) else "mse"
+            metric = "acc" if ("final_test_acc" in metrics or "test/acc" in metrics) else "mse"
             job = float(tags.get("job_num", math.inf))
             row = rows.get(key)
             if row is None:
                 row = rows[key] = Row(key, tags.get("notation", "?"), dict(params), (job, run.info.start_time), metric=metric)
             row.order = min(row.order, (job, run.info.start_time))
             if metric == "acc":
-                row.test.append(metrics.get("final/test/acc", metrics.get("test/acc", math.nan)))
-                row.train.append(metrics.get("final/train/acc", metrics.get("train/acc", math.nan)))
-                if "best/test/acc" in metrics:
-                    row.best_test.append(metrics["best/test/acc"])
-                    row.best_epoch.append(metrics["best/epoch"])
+                row.test.append(metrics.get("final_test_acc", metrics.get("test/acc", math.nan)))
+                row.train.append(metrics.get("final_train_acc", metrics.get("train/acc", math.nan)))
+                if "best_test_acc" in metrics:
+                    row.best_test.append(metrics["best_test_acc"])
+                    row.best_epoch.append(metrics["best_epoch"])
                 found = _predictions(client, run.info.run_id, Path(tmp) / run.info.run_id)
                 if found is None:
                     row.missing_predictions += 1

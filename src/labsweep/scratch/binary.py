@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labsweep.callbacks import LogMetrics
 from labsweep.scratch.threads import one_torch_thread
 from labsweep.scratch.toy_data import make_binary, save_decision_surface, save_loss_curve, split_seed
 
 Params = dict[str, torch.Tensor]
-from labsweep.callbacks import LogMetrics
 
 
 def init_params(hidden: int, generator: torch.Generator) -> Params:

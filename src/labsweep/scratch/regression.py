@@ -15,11 +15,11 @@ import torch
 from matplotlib.figure import Figure
 
 from labsweep.atomic import save_figure
+from labsweep.callbacks import LogMetrics
 from labsweep.scratch.threads import one_torch_thread
 from labsweep.scratch.toy_data import regression_data, save_loss_curve
 
 Params = dict[str, torch.Tensor]
-from labsweep.callbacks import LogMetrics
 
 
 def init_params(hidden: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Params:
