@@ -21,7 +21,10 @@ from labsweep import image_predictions, reports
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
+from labsweep.logged_data import dataset_inputs
+from labsweep.logged_model import log_model
 from labsweep.loop import DivergedError, evaluate
+from labsweep.mlflow_ui import where_to_look
 from labsweep.models import notation
 from labsweep.run_files import TrainedRun, summary_metrics, write_diverged_files, write_run_files
 from labsweep.runs import JobSkipped, Launch, replica_name, replicas_to_train, run_name, run_tags
@@ -29,6 +32,7 @@ from labsweep.schema import Config, ConfigError
 from labsweep.signals import Terminated
 from labsweep.sweep import SweepContext
 from labsweep.tracking import (
+    RunLogger,
     TrackingError,
     check_tracking,
     client,
@@ -54,6 +58,15 @@ def freeze_long_lived_objects() -> None:
     if _frozen_jobs < 2:
         gc.freeze()
         _frozen_jobs += 1
+
+
+def system_metrics(run: RunLogger) -> Any:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU where present) on ``run``, started."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=10, tracking_uri=run.client.tracking_uri)
+    monitor.start()
+    return monitor
 
 
 def train(config: Config, launch: Launch, sweep: SweepContext | None = None) -> dict[str, float]:
@@ -94,6 +107,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     logged = [{**r.config, "trainer": {**r.config["trainer"], "epochs": schedule.epochs}} for r in replicas]
     derived = {"derived.iterations": schedule.iterations, "derived.train_images": len(data.train_y),
                "derived.test_images": len(data.test_y)}  # fmt: skip
+    inputs = dataset_inputs(config.dataset, data)  # the Dataset column of the UI
     with ExitStack() as stack:
         runs = []
         for replica, params in zip(replicas, logged, strict=True):
@@ -103,6 +117,9 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                                                   replica_name(name, replica.seed), tags,
                                                   parent_run_id=sweep.parent_run_id if sweep else None))  # fmt: skip
             run.log_params(flatten(params) | derived)
+            run.log_inputs(inputs)
+            if track.system_metrics:
+                stack.callback(system_metrics(run).finish)  # before the run is closed
             runs.append(run)
         start = time.perf_counter()
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,
@@ -127,6 +144,11 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             run(summary, schedule.epochs)
             run.flush()
             run.log_artifacts(out)
+            if track.log_models:  # the best epoch's model (write_run_files left those weights in it)
+                log_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x[:2],
+                          step=result.best_epoch, params=flatten(logged[k]) | derived,
+                          metadata={"class_ids": list(data.class_ids), "class_names": list(data.class_names),
+                                    "notation": notation(spec), "epoch": result.best_epoch})  # fmt: skip
             summaries[replica.seed] = summary
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],
@@ -137,8 +159,11 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         if result.diverged:  # the other replicas finished; this one's run says why it did not
             fail_run(run, str(result.diverged))
             log.error("seed %s: %s", run.run_id, result.diverged)
-    log.info("MLflow run%s %s in %s (mlflow ui --backend-store-uri %s)", "s" if len(runs) > 1 else "",
-             ", ".join(r.run_id for r in runs), track.experiment, tracking_uri(track.uri))  # fmt: skip
+    if sweep is None:  # a sweep prints where to look once, at its end
+        log.info("%s", where_to_look(tracking_uri(track.uri), track.experiment, runs[0].experiment_id,
+                                     tuple(r.run_id for r in runs)))  # fmt: skip
+    else:
+        log.info("MLflow run%s %s", "s" if len(runs) > 1 else "", ", ".join(r.run_id for r in runs))
     first = next(iter(summaries.values()))
     test_accs = [s["final_test_acc"] for s in summaries.values()]
     return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final_train_acc"]}
@@ -166,6 +191,8 @@ def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) ->
         logger.log_artifacts(out)
         log.info("%s done in %.1f s: %s", config.task, summary["train_seconds"],
                  ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k != "train_seconds"))  # fmt: skip
+    if sweep is None:
+        log.info("%s", where_to_look(tracking_uri(track.uri), track.experiment, logger.experiment_id, (logger.run_id,)))
     return summary
 
 

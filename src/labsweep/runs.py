@@ -142,11 +142,26 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's own tags for who ran what: the UI's Source and User columns."""
+    import getpass
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "labsweep-train"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        pass
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def run_tags(replica: Replica, launch: Launch, sweep: Any, **extra: Any) -> dict[str, Any]:
     """Tags every run carries: the group choices, the table's row key, the sweep, the code version."""
     tags = {f"choice.{group}": option for group, option in launch.choices.items() if not group.startswith("hydra")}
     tags |= {"config_hash": replica.row_key, "run_key": replica.run_key, "seed": replica.seed,
-             "git_commit": git_commit() or "unknown", **extra}  # fmt: skip
+             "git_commit": git_commit() or "unknown", **source_tags(), **extra}  # fmt: skip
     if sweep:
         tags |= {"sweep_id": sweep.sweep_id, "job_num": sweep.job_num}
     return tags

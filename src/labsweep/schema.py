@@ -98,6 +98,8 @@ class TrackingConfig:
     experiment: str = "${dataset.name}-${model.name}"
     run_name: Optional[str] = None  # null: built from the job's overrides
     skip_finished: bool = True  # in a multirun, skip jobs whose configuration (seed included) already finished
+    log_models: bool = True  # each run's best-epoch model as an MLflow Model (the UI's Models column)
+    system_metrics: bool = False  # MLflow's system metrics (CPU, memory; GPU where present) every 10 s
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():

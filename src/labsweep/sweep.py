@@ -11,6 +11,7 @@ import atexit
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -28,11 +29,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from labsweep import signals, tracking
 from labsweep.atomic import write_text
+from labsweep.mlflow_ui import where_to_look
+from labsweep.runs import source_tags
 from labsweep.tracking import TrackingError, check_tracking, experiment_id, retry_locked
 
 log = logging.getLogger("labsweep.sweep")
 
 ENV = "LABSWEEP_SWEEP"  # how jobs (in this process or launched ones) find their sweep
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
 @dataclass(frozen=True)
 class SweepContext:
     sweep_id: str
@@ -73,6 +77,39 @@ def swept_keys(config: DictConfig) -> tuple[str, ...]:
     parsed = OverridesParser.create().parse_overrides(task_overrides(config))
     keys += [o.key_or_group for o in parsed if o.is_sweep_override()]
     return tuple(dict.fromkeys(keys))
+
+
+def _value_counts(config: DictConfig) -> dict[str, int | None]:
+    """How many values each swept key takes (None where it cannot be told before the sweep: ``glob(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
+    written = [f"{k}={v}" for k, v in params.items()] + task_overrides(config)  # type: ignore[union-attr]
+    counts: dict[str, int | None] = {}
+    for override in OverridesParser.create().parse_overrides(written):
+        if override.is_sweep_override():
+            try:
+                counts[override.key_or_group.lstrip("+~")] = len(list(override.sweep_string_iterator()))
+            except Exception:  # a glob needs the config loader
+                counts[override.key_or_group.lstrip("+~")] = None
+    return counts
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def study_title(config: DictConfig) -> str:
+    """The parent run's name: the study (the experiment preset, else the swept keys) and its size, e.g.
+    ``lab1 · 10 configurations × 5 seeds`` or ``batch_size × lr · 8 configurations × 1 seed``."""
+    counts = _value_counts(config)
+    seeds = counts.pop("seed", 1)
+    replicas = config.trainer.get("replicas", 1) if "trainer" in config else 1
+    choices = config.hydra.runtime.get("choices", {}) if "runtime" in config.hydra else {}
+    study = choices.get("experiment") or " × ".join(k.rsplit(".", 1)[-1] for k in counts) or "seeds"
+    configurations = math.prod(c for c in counts.values() if c) if all(counts.values()) else None
+    size = (_plural(configurations, "configuration") if configurations is not None else "configurations")
+    return f"{study} · {size} × {_plural(int(seeds or 1) * int(replicas or 1), 'seed')}"
 
 
 def sweep_id(config: DictConfig) -> str:
@@ -121,9 +158,9 @@ class SweepCallback(Callback):
         params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
         exp_id = experiment_id(self.client, str(config.tracking.experiment))
         tracking.close_abandoned_runs(self.client, str(config.tracking.experiment))  # a killed earlier launch's runs
-        parent = retry_locked(self.client.create_run, exp_id, run_name=f"sweep {sid}", tags={
+        parent = retry_locked(self.client.create_run, exp_id, run_name=study_title(config), tags={
             "sweep_id": sid, "labsweep.role": "sweep", "swept": json.dumps(params),
-            "overrides": " ".join(task_overrides(config)), **tracking.owner_tags(),
+            "overrides": " ".join(task_overrides(config)), **tracking.owner_tags(), **source_tags(),
         })  # fmt: skip
         self._open = True
         self._pid = os.getpid()
@@ -133,7 +170,8 @@ class SweepCallback(Callback):
         state_dir.mkdir(parents=True, exist_ok=True)
         self.context = SweepContext(sid, parent.info.run_id, str(state_dir), swept_keys(config))
         os.environ[ENV] = json.dumps({k: v for k, v in asdict(self.context).items() if k != "job_num"})
-        log.info("sweep %s: parent MLflow run %s in experiment %s", sid, parent.info.run_id, config.tracking.experiment)
+        log.info("sweep %s (%s): parent MLflow run %s in experiment %s", sid, parent.info.run_name, parent.info.run_id,
+                 config.tracking.experiment)  # fmt: skip
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """A job that raised past labsweep-train's own handling (Hydra records it FAILED) still
@@ -179,6 +217,8 @@ class SweepCallback(Callback):
         signals.exit_signal_handling()
         os.environ.pop(ENV, None)
         log.info("sweep %s done: %s", self.context.sweep_id, summary)
+        exp_id = self.client.get_run(run_id).info.experiment_id
+        log.info("%s", where_to_look(self.client.tracking_uri, str(config.tracking.experiment), exp_id, (run_id,)))
         if failed or orphans:
             raise SystemExit(1)
 
@@ -263,4 +303,8 @@ class SweepCallback(Callback):
         plot_path = plot_rows(rows, out / "results.png", title=f"{config.tracking.experiment}, sweep {self.context.sweep_id}")
         for path in (table_path, plot_path):
             self.client.log_artifact(self.context.parent_run_id, str(path))
+        # The run's description (MLflow's note): the parent's Overview page shows the table.
+        note = f"Results of sweep {self.context.sweep_id} (rebuild: `labsweep-table --experiment {config.tracking.experiment} " \
+               f"--sweep {self.context.sweep_id}`)\n\n{table_path.read_text()}"  # fmt: skip
+        retry_locked(self.client.set_tag, self.context.parent_run_id, NOTE_TAG, note)
         log.info("results table:\n%s", table_path.read_text())

@@ -13,12 +13,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -210,9 +210,11 @@ class RunLogger:
     not one per value); ``flush`` runs every ``flush_seconds`` (default: $LABSWEEP_METRICS_FLUSH_SECONDS,
     else 5) and when the run ends, whatever happens."""
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float | None = None) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float | None = None,
+                 experiment_id: str = "") -> None:  # fmt: skip
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
         self.flush_seconds = float(os.environ.get(FLUSH_ENV) or DEFAULT_FLUSH_SECONDS) if flush_seconds is None else flush_seconds
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
@@ -240,6 +242,10 @@ class RunLogger:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), MAX_TAGS):
             retry_locked(self.client.log_batch, self.run_id, tags=items[i : i + MAX_TAGS], synchronous=True)
+
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
+        """The data the run used (``labsweep.logged_data``): the UI's Dataset column."""
+        retry_locked(self.client.log_inputs, self.run_id, datasets=list(datasets))
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
@@ -278,7 +284,7 @@ def tracked_run(
         all_tags["mlflow.parentRunId"] = parent_run_id
     exp_id = experiment_id(mlflow_client, experiment)
     run = retry_locked(mlflow_client.create_run, exp_id, run_name=run_name, tags=all_tags)
-    logger = RunLogger(mlflow_client, run.info.run_id)
+    logger = RunLogger(mlflow_client, run.info.run_id, experiment_id=exp_id)
     with signal_handling():
         try:
             yield logger
