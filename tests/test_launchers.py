@@ -279,8 +279,15 @@ def test_parallel_sweep_against_a_shared_mlflow_server_then_table_and_export_fro
     assert "FC(10), FC(3)" in table and "(n=2)" in table
 
     onnx = tmp_path / "best.onnx"
-    assert export_main(["--best", "--experiment", exp, "--tracking-uri", uri, "--output", str(onnx)]) == 0
+    argv = ["--best", "--experiment", exp, "--tracking-uri", uri, "--output", str(onnx), "--register", "t-launch-cnn"]
+    assert export_main(argv) == 0
     out = capsys.readouterr().out
     assert onnx.is_file() and "verified" in out
     picked = next(r for r in children if r.info.run_id in out)
     assert "onnx/model.onnx" in {a.path for a in client.list_artifacts(picked.info.run_id, "onnx")}
+    # The MLflow Model went through the server too, into its registry.
+    assert "registered as version 1 of the model 't-launch-cnn': models:/t-launch-cnn/1" in out
+    version = client.get_model_version("t-launch-cnn", "1")
+    assert version.run_id == picked.info.run_id and version.source.startswith("models:/m-")
+    model_id = version.source.removeprefix("models:/")
+    assert list(artifacts.rglob(f"models/{model_id}/artifacts/model.onnx"))

@@ -2,7 +2,8 @@
 
 The model is rebuilt from a run's self-describing checkpoint alone and written as a verified ONNX file
 (``labsweep.onnx_export``) checked on the run's own test images; here: choosing the run, finding those
-images, and logging the file back to the run.
+images, and logging the file back to the run, as a plain artifact and as an MLflow Model, registered in
+the Model Registry with ``--register NAME`` (``labsweep.mlflow_model``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from labsweep.checkpoint import CheckpointError, load_checkpoint
+from labsweep import mlflow_model
 from labsweep.datasets import DataError
 from labsweep.models import ModelSpec, notation
 from labsweep.onnx_export import (
@@ -45,6 +48,7 @@ from labsweep.schema import ConfigError, dataset_from_dict
 
 ARTIFACT_DIR, ARTIFACT_NAME = "onnx", "model.onnx"
 CHECKPOINTS = {"best": "checkpoint_best.pt", "last": "checkpoint_last.pt"}
+MODEL_NAME = "onnx"  # the logged MLflow Model: onnx-best or onnx-last, after the checkpoint
 
 
 # --------------------------------------------------------------------------- verification images
@@ -198,6 +202,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's outputs/mlflow.db)")
+    parser.add_argument("--register", metavar="NAME", default=None,
+                        help="also register the exported model in the MLflow Model Registry as a new version of "
+                             "the registered model NAME (created if new): models:/NAME/VERSION")  # fmt: skip
     args = parser.parse_args(argv)
     if args.best and not args.experiment:
         parser.error("--best needs --experiment NAME")
@@ -205,6 +212,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--experiment and --sweep choose among runs for --best; --run-id names the run itself")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         parser.error(f"--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {args.opset}")
+    if args.register is not None and (why := mlflow_model.check_model_name(args.register)):
+        shown = args.register if len(args.register) <= 80 else args.register[:80] + "..."
+        parser.error(f"--register {shown!r}: {why}")
     return args
 
 
@@ -229,8 +239,9 @@ def choose_run(client: Any, args: argparse.Namespace) -> Any:
     return pick.run
 
 
-def export_run(client: Any, run: Any, args: argparse.Namespace) -> Path:
-    """Rebuild the run's model from its checkpoint, export, verify, write ``--output``, log the artifact."""
+def export_run(client: Any, run: Any, args: argparse.Namespace, *, name_exists: bool = False) -> Path:
+    """Rebuild the run's model from its checkpoint, export, verify, write ``--output``, log it to the run
+    (the file as an artifact, and as an MLflow Model), register that with ``--register``."""
     run_id = run.info.run_id
     output = args.output or PROJECT_ROOT / "outputs" / "exports" / f"{run_id}.onnx"
     name = CHECKPOINTS[args.checkpoint]
@@ -252,6 +263,17 @@ def export_run(client: Any, run: Any, args: argparse.Namespace) -> Path:
     print(f"wrote {output} ({size_kb:,.0f} KiB, opset {args.opset}, input `{INPUT}` (batch, 32, 32, 3) float32 pixels "
           f"0-255, output `{OUTPUT}` logits of {len(class_ids)} classes) and logged it to run {run_id} as "
           f"{ARTIFACT_DIR}/{ARTIFACT_NAME}")  # fmt: skip
+    uri = client.tracking_uri
+    logged = mlflow_model.log_onnx_model(uri, run, output, name=f"{MODEL_NAME}-{args.checkpoint}", images=images,
+                                         n_classes=len(class_ids), metadata=mlflow_model.model_metadata(meta, args.opset))  # fmt: skip
+    print(f"logged it to run {run_id} as the MLflow Model {logged.name!r} ({logged.model_uri}, ONNX flavour, "
+          f"signature `{INPUT}` float32 (-1, 32, 32, 3) -> `{OUTPUT}` float32 (-1, {len(class_ids)}))")  # fmt: skip
+    if args.register is not None:
+        tags = {"notation": notation(spec), "checkpoint": name, "labsweep_run_id": run_id}
+        version = mlflow_model.register(uri, run, logged, args.register, existed=name_exists, tags=tags)
+        print(f"registered as version {version.version} of the model {version.name!r}: {version.uri}")
+        env = "" if os.environ.get("MLFLOW_TRACKING_URI") == uri else f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+        print(f"serve it: {env}mlflow models serve -m {shlex.quote(version.uri)} --env-manager local --port 5001")
     return output
 
 
@@ -270,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     client = tracking.client(args.tracking_uri)  # a brand-new store is set up under a lock
     try:
-        export_run(client, choose_run(client, args), args)
+        # Before any export: a registry that cannot be used leaves nothing behind.
+        exists = mlflow_model.check_registry(client.tracking_uri, args.register) if args.register is not None else False
+        export_run(client, choose_run(client, args), args, name_exists=exists)
     except (ExportError, CheckpointError) as exc:
         print(f"labsweep-export: {exc}", file=sys.stderr)
         return 2
