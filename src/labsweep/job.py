@@ -22,9 +22,9 @@ from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
 from labsweep.logged_data import dataset_inputs
-from labsweep.logged_model import log_model
 from labsweep.loop import DivergedError, evaluate
 from labsweep.mlflow_ui import where_to_look
+from labsweep.mlflow_model import log_pytorch_model
 from labsweep.models import notation
 from labsweep.run_files import TrainedRun, summary_metrics, write_diverged_files, write_run_files
 from labsweep.runs import JobSkipped, Launch, replica_name, replicas_to_train, run_name, run_tags
@@ -145,10 +145,10 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             run.flush()
             run.log_artifacts(out)
             if track.log_models:  # the best epoch's model (write_run_files left those weights in it)
-                log_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x[:2],
-                          step=result.best_epoch, params=flatten(logged[k]) | derived,
-                          metadata={"class_ids": list(data.class_ids), "class_names": list(data.class_names),
-                                    "notation": notation(spec), "epoch": result.best_epoch})  # fmt: skip
+                meta = {"class_ids": list(data.class_ids), "class_names": list(data.class_names),
+                        "notation": notation(spec), "epoch": result.best_epoch}  # fmt: skip
+                log_pytorch_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x,
+                                  step=result.best_epoch, metadata=meta)  # fmt: skip
             summaries[replica.seed] = summary
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],

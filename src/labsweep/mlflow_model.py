@@ -1,6 +1,11 @@
-"""An exported ONNX file as an MLflow Model (ONNX flavour) of its run, and its registration in the MLflow
-Model Registry: what ``labsweep-export`` adds after the verified file, so the experiment's Models tab and
-the run's Models column list it and ``mlflow models predict/serve -m models:/NAME/VERSION`` run it.
+"""MLflow Models of a run, so the experiment's Models tab and the run's Models column list them:
+
+- each training run's best-epoch classifier (PyTorch flavour, ``log_pytorch_model``): the whole model (it
+  normalises raw pixels itself), its signature, raw NHWC pixels as input example, the metrics of that epoch
+  linked to it. Loading it needs labsweep installed (the pickled classes live there);
+- the ONNX file ``labsweep-export`` writes (ONNX flavour, ``log_onnx_model``), which needs only onnxruntime,
+  and its registration in the MLflow Model Registry, so ``mlflow models predict/serve -m models:/NAME/VERSION``
+  run it.
 
 MLflow's model logging is only in its fluent API, which uses the process-wide tracking URI and active
 experiment: ``fluent_store`` points both at the run's store and experiment for the call, then puts them back.
@@ -142,6 +147,31 @@ def log_onnx_model(
             save_as_external_data=False,  # one self-contained model.onnx, as written to --output
         )
     return Logged(info.model_uri, info.model_id, name)
+
+
+def log_pytorch_model(uri: str, experiment_id: str, run_id: str, model: Any, images: np.ndarray, *, step: int,
+                      metadata: Mapping[str, Any]) -> Logged:  # fmt: skip
+    """Log ``model`` (a ``labsweep.models.Classifier``) to run ``run_id`` as the MLflow Model ``model``, with the
+    first EXAMPLE_IMAGES raw uint8 NHWC ``images`` as input example; its run's metrics at ``step`` (the best
+    epoch) are linked to it."""
+    import copy
+
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    example = np.ascontiguousarray(images[:EXAMPLE_IMAGES], dtype=np.float32)
+    with torch.no_grad():
+        logits = cpu_model(torch.from_numpy(example)).numpy()
+    with fluent_store(uri, experiment_id):
+        info = mlflow.pytorch.log_model(
+            cpu_model, name="model", run_id=run_id, step=step, signature=infer_signature(example, logits),
+            input_example=example, metadata=dict(metadata),
+            serialization_format="pickle",  # the default, torch.export, fixes the batch size of the example
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "labsweep"],
+        )  # fmt: skip
+    return Logged(info.model_uri, info.model_id, "model")
 
 
 # --------------------------------------------------------------------------- the registry
