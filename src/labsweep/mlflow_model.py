@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -164,7 +165,11 @@ def log_pytorch_model(uri: str, experiment_id: str, run_id: str, model: Any, ima
     example = np.ascontiguousarray(images[:EXAMPLE_IMAGES], dtype=np.float32)
     with torch.no_grad():
         logits = cpu_model(torch.from_numpy(example)).numpy()
-    with fluent_store(uri, experiment_id):
+    pickle_warning = logging.getLogger("mlflow.pytorch")  # "pickle ... requires exercising caution": the model is ours
+    level = pickle_warning.level
+    pickle_warning.setLevel(logging.ERROR)
+    with fluent_store(uri, experiment_id), contextlib.ExitStack() as restore:
+        restore.callback(pickle_warning.setLevel, level)
         info = mlflow.pytorch.log_model(
             cpu_model, name="model", run_id=run_id, step=step, signature=infer_signature(example, logits),
             input_example=example, metadata=dict(metadata),
