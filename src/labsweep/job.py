@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from labsweep import image_predictions, reports
+from labsweep import image_predictions, reports, resume
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
@@ -83,6 +83,9 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     schedule = build_schedule(trainer, len(data.train_y))
     spec = model_spec(config.model, config.pooling.name, data)
     training = build_training(spec, config.optimizer, data, [r.seed for r in replicas], device)
+    # A killed run of this job continues from its resume checkpoint (its state restored into `training`).
+    resumed = resume.find(client(track.uri), track.experiment, replicas, training, enabled=trainer.resume)
+    checkpoint_path = resume.place(resumed, launch.output_dir)
     seeds = ", ".join(str(r.seed) for r in replicas)
     log.info("data: %s, classes %s, %d train / %d test images", data.name,
              ", ".join(reports.target_names(data.class_ids, data.class_names)), len(data.train_y), len(data.test_y))  # fmt: skip
@@ -96,18 +99,24 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                "derived.test_images": len(data.test_y)}  # fmt: skip
     with ExitStack() as stack:
         runs = []
-        for replica, params in zip(replicas, logged, strict=True):
+        for k, (replica, params) in enumerate(zip(replicas, logged, strict=True)):
             tags = run_tags(replica, launch, sweep, task="classify", model=spec.name, pooling=spec.pooling,
-                            dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec))  # fmt: skip
+                            dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec),
+                            **{resume.TAG: checkpoint_path}, **({resume.RESUMED_TAG: resumed.resumed_from[k]} if resumed else {}))  # fmt: skip
             run = stack.enter_context(tracked_run(track.uri, track.experiment, name if len(replicas) == 1 else
                                                   replica_name(name, replica.seed), tags,
-                                                  parent_run_id=sweep.parent_run_id if sweep else None))  # fmt: skip
+                                                  parent_run_id=sweep.parent_run_id if sweep else None,
+                                                  run_id=resumed.run_ids[k] if resumed else None))  # fmt: skip
             run.log_params(flatten(params) | derived)
             runs.append(run)
-        start = time.perf_counter()
+        # Written at an epoch's end every trainer.checkpoint_every_s and on a signal, before the runs close; deleted
+        # when the job ends any other way.
+        checkpoint = stack.enter_context(resume.Checkpointer(checkpoint_path, trainer.checkpoint_every_s, training,
+                                                             replicas, [r.run_id for r in runs], resumed))  # fmt: skip
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,
-                               eval_batch_size=trainer.eval_batch_size, progress=trainer.progress)  # fmt: skip
-        seconds = time.perf_counter() - start
+                               eval_batch_size=trainer.eval_batch_size, progress=trainer.progress,
+                               resumed=(resumed.epoch, resumed.results) if resumed else None, end_of_epoch=checkpoint)  # fmt: skip
+        seconds = checkpoint.seconds()
         final_train = evaluate(training.net, training.train, trainer.eval_batch_size)
         final_test = evaluate(training.net, training.test, trainer.eval_batch_size)
         test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
@@ -141,7 +150,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
              ", ".join(r.run_id for r in runs), track.experiment, tracking_uri(track.uri))  # fmt: skip
     first = next(iter(summaries.values()))
     test_accs = [s["final/test/acc"] for s in summaries.values()]
-    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final/train/acc"]}
+    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final/train/acc"],
+                    "resumed": float(resumed is not None)}  # fmt: skip
 
 
 def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) -> dict[str, float]:
@@ -174,6 +184,7 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
     ``typed_config`` turns the composed config into the typed one (a bad value raises ConfigError)."""
     sweep = SweepContext.from_env(launch.job_num) if launch.multirun else None
     name = " ".join(launch.overrides) or "job"
+    config: Config | None = None
     try:
         config = typed_config()
         name = run_name(config, launch, sweep.swept if sweep else ())
@@ -185,8 +196,9 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         return float("nan")
     except (Terminated, KeyboardInterrupt) as stop:  # the job's runs are closed KILLED with their metrics so far
         how = str(stop) if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        again = "resume it from its last epoch" if config and config.task == "classify" else "train it from the start"
         log.error("%s: %s; its MLflow runs are closed KILLED with their metrics so far. Run the same command again "
-                  "to train it from the start", name, how)  # fmt: skip
+                  "to %s", name, how, again)  # fmt: skip
         raise
     except Exception as exc:
         user_error = isinstance(exc, (ConfigError, DataError, TrackingError, DiskFullError))
@@ -202,5 +214,5 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         return float("nan")
     objective: Any = result.get("test/acc", result.get("train/mse", float("nan")))
     if sweep:
-        sweep.record("finished", name=name, objective=objective)
+        sweep.record("finished", name=name, objective=objective, resumed=bool(result.get("resumed")))
     return float(objective)
