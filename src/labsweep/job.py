@@ -113,6 +113,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         # when the job ends any other way.
         checkpoint = stack.enter_context(resume.Checkpointer(checkpoint_path, trainer.checkpoint_every_s, training,
                                                              replicas, [r.run_id for r in runs], resumed))  # fmt: skip
+        if resumed:
+            resume.log_history(runs, resumed)  # the epochs a SIGKILL kept from MLflow
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,
                                eval_batch_size=trainer.eval_batch_size, progress=trainer.progress,
                                resumed=(resumed.epoch, resumed.results) if resumed else None, end_of_epoch=checkpoint)  # fmt: skip

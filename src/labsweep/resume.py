@@ -17,11 +17,13 @@ in any other way (finished, diverged, failed with an error), so a resume checkpo
 Resuming (``find``): the job's latest MLflow run of each replica's configuration, KILLED (or FAILED by a
 timeout), whose ``labsweep.resume_checkpoint`` tag names a file that exists. The file is checked (readable,
 written for these run keys, these runs and this git commit, state that fits the model and optimizer) and
-restored; each run is reopened (same run id, RUNNING, then FINISHED) and trains from the next epoch. Epochs
-that MLflow already has (a SIGKILL lands after the last write, so the epochs since then were logged but are
-trained again) are not logged twice (``tracking.reopen_run``): on the CPU the retrained values are the same
-bits; on a GPU they can differ in the last digits and MLflow keeps the first ones. A checkpoint that fails a
-check is not used, the log says why, and the job starts over in a new run.
+restored; each run is reopened (same run id, RUNNING, then FINISHED) and trains from the next epoch. The
+metric history in MLflow ends up with every epoch once: the checkpoint's epochs that MLflow lacks (a SIGKILL
+loses the metrics not yet sent) are logged from the checkpoint (``log_history``), and epochs MLflow already
+has are not logged again (``tracking.reopen_run``; a SIGKILL after the last write leaves epochs that were
+logged and are trained again: on the CPU the retrained values are the same bits, on a GPU they can differ in
+the last digits and MLflow keeps the first ones). A checkpoint that fails a check is not used, the log says
+why, and the job starts over in a new run.
 """
 
 from __future__ import annotations
@@ -177,6 +179,14 @@ def _results(saved: list[dict[str, Any]]) -> list[FitResult]:
                       best_state=r["best_state"], diverged=DivergedError(*r["diverged"]) if r["diverged"] else None,
                       last_finite_epoch=r["last_finite_epoch"], last_finite_state=r["last_finite_state"])
             for r in saved]  # fmt: skip
+
+
+def log_history(runs: Sequence[Any], resumed: Resumed) -> None:
+    """Log the checkpoint's epochs that its reopened runs lack: a SIGKILL loses the metrics not yet sent (they are
+    sent every few seconds). The runs' loggers drop the epochs MLflow already has."""
+    for run, result in zip(runs, resumed.results, strict=True):
+        for epoch, metrics in enumerate(result.history, start=1):
+            run(metrics, epoch)
 
 
 def place(resumed: Resumed | None, output_dir: Path) -> Path:
