@@ -202,17 +202,6 @@ def place(resumed: Resumed | None, output_dir: Path) -> Path:
 # --------------------------------------------------------------------------- writing
 
 
-def _clone(tree: Any) -> Any:
-    """A copy of a state_dict-like tree whose tensors do not change when training goes on."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(v) for v in tree)
-    return tree
-
-
 def _result(r: FitResult) -> dict[str, Any]:
     # The loop replaces best_state and last_finite_state with fresh copies instead of changing them: kept by reference.
     return {"history": list(r.history), "best_epoch": r.best_epoch, "best_metrics": r.best_metrics,
@@ -234,8 +223,16 @@ class Checkpointer:
                          "git_commit": git_commit() or "unknown"}  # fmt: skip
         self.seconds_before = resumed.seconds if resumed else 0.0
         self.stale = resumed.path if resumed and resumed.path.resolve() != path.resolve() else None
-        self.state: dict[str, Any] | None = None  # the last finished epoch's, not yet on disk
+        # The last finished epoch's state and the one before it, whose copies the next epoch's overwrites: two
+        # sets, so that a signal in the middle of a copy leaves the last complete one to be written.
+        self.state: dict[str, Any] | None = None
+        self.spare: dict[str, Any] | None = None
+        self.written = 0  # the epoch on disk
         self.started = self.last_write = time.perf_counter()
+        # The tensors training changes in place, looked up once (state_dict() itself takes longer than copying
+        # the Lab 1 MLP's), and the parameters in the optimizer's state_dict() numbering.
+        self.net_tensors = training.net.state_dict(keep_vars=True)
+        self.params = [p for group in training.optimizer.param_groups for p in group["params"]]
 
     def seconds(self) -> float:
         """Training time so far, the attempts before this process included."""
@@ -243,23 +240,53 @@ class Checkpointer:
 
     def __call__(self, epoch: int, results: list[FitResult]) -> None:
         t = self.training
-        self.state = self.identity | {
-            "epoch": epoch, "seconds": self.seconds(),
-            "net": _clone(t.net.state_dict()), "optimizer": _clone(t.optimizer.state_dict()),
-            "generators": [g.get_state() for g in t.generators], "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "results": [_result(r) for r in results],
-        }  # fmt: skip
+        optimizer_state = [(i, optimizer_state) for i, p in enumerate(self.params)
+                           if (optimizer_state := t.optimizer.state.get(p))]  # fmt: skip
+        where = [*self.net_tensors, *((i, k) for i, state in optimizer_state for k, v in state.items()
+                                      if isinstance(v, torch.Tensor))]  # fmt: skip
+        tensors = [*self.net_tensors.values(), *(v for _, state in optimizer_state for v in state.values()
+                                                 if isinstance(v, torch.Tensor))]  # fmt: skip
+        with torch.no_grad():
+            if self.spare is not None and self.spare["where"] == where:  # one copy into the older set, no allocation
+                copies = self.spare["tensors"]
+                torch._foreach_copy_(copies, tensors)
+            else:
+                copies = [v.detach().clone() for v in tensors]
+        plain = {(i, k): v for i, state in optimizer_state for k, v in state.items() if not isinstance(v, torch.Tensor)}
+        groups = [{k: v for k, v in group.items() if k != "params"} for group in t.optimizer.param_groups]
+        state = {"epoch": epoch, "seconds": self.seconds(), "where": where, "tensors": copies, "plain": plain,
+                 "param_groups": groups, "generators": [g.get_state() for g in t.generators],
+                 "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                 "results": [_result(r) for r in results]}  # fmt: skip
+        self.spare, self.state = self.state, state
         if time.perf_counter() - self.last_write >= self.every_s:
             self.write()
 
+    def payload(self) -> dict[str, Any]:
+        """The kept state as the checkpoint holds it: the net's state_dict, the optimizer's, and the rest."""
+        state = self.state
+        assert state is not None
+        copies = dict(zip(state["where"], state["tensors"], strict=True))
+        optimizer: dict[int, dict[str, Any]] = {}
+        for (i, k), v in [*((w, c) for w, c in copies.items() if isinstance(w, tuple)), *state["plain"].items()]:
+            optimizer.setdefault(i, {})[k] = v
+        groups, first = [], 0
+        for group, settings in zip(self.training.optimizer.param_groups, state["param_groups"], strict=True):
+            groups.append(settings | {"params": list(range(first, first + len(group["params"])))})
+            first += len(group["params"])
+        rest = {k: v for k, v in state.items() if k not in ("where", "tensors", "plain", "param_groups")}
+        return self.identity | rest | {"net": {k: copies[k] for k in self.net_tensors},
+                                       "optimizer": {"state": dict(sorted(optimizer.items())), "param_groups": groups}}  # fmt: skip
+
     def write(self) -> None:
-        """Write the kept state (atomically: a kill during the write leaves the previous file)."""
-        if self.state is None:
+        """Write the last finished epoch's state if it is not on disk yet (atomically: a kill during the write
+        leaves the previous file)."""
+        if self.state is None or self.state["epoch"] == self.written:
             return
         with closing_runs(), atomic_path(self.path) as tmp:  # a signal waits until the file is complete
-            torch.save(self.state, tmp)
-        self.state, self.last_write = None, time.perf_counter()
+            torch.save(self.payload(), tmp)
+        self.written, self.last_write = self.state["epoch"], time.perf_counter()
         self._remove_stale()
 
     def _remove_stale(self) -> None:
