@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from labsweep.build import build_data, build_schedule, build_training, model_spec
+from labsweep.build import build_data, build_training, model_spec
 from labsweep.paths import CONFIG_DIR, PROJECT_ROOT
 from labsweep.resume import Checkpointer
 from labsweep.runs import replicas_to_train

@@ -63,7 +63,7 @@ def _log_three_epochs_then(exc: BaseException | Callable[[], None], experiment: 
         (RuntimeError("CUDA error: device-side assert"), "FAILED", "RuntimeError: CUDA error: device-side assert"),
         (KeyboardInterrupt(), "KILLED", "interrupted (KeyboardInterrupt"),
         (lambda: os.kill(os.getpid(), signal.SIGTERM), "KILLED", "interrupted (terminated by SIGTERM)"),
-        (lambda: os.kill(os.getpid(), signal.SIGUSR1), "KILLED", "interrupted (terminated by SIGUSR1)"),  # SLURM --signal
+        (lambda: os.kill(os.getpid(), signal.SIGUSR1), "KILLED", "interrupted (terminated by SIGUSR1)"),  # --signal=USR1
     ],
     ids=["raises", "ctrl-c", "sigterm", "sigusr1"],
 )

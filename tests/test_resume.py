@@ -199,7 +199,8 @@ def test_the_vgg_stopped_mid_run_resumes_to_the_same_bits(tmp_path: Path, monkey
     want = reference.fit(epochs=3, batch_size=6)
     stopped = training()
     stop_at_epoch(monkeypatch, 3)
-    with pytest.raises(Terminated), resume.Checkpointer(tmp_path / "resume.pt", 60.0, stopped, replicas, ["run"], None) as c:
+    checkpointer = resume.Checkpointer(tmp_path / "resume.pt", 60.0, stopped, replicas, ["run"], None)
+    with pytest.raises(Terminated), checkpointer.kept_on_stop() as c:
         stopped.fit(epochs=3, batch_size=6, end_of_epoch=c)  # 2 epochs, then the signal
     monkeypatch.undo()
     again = training()
@@ -258,15 +259,26 @@ def test_checkpoint_every_s_is_checked() -> None:
 # --------------------------------------------------------------------------- SLURM's time limit, through submitit
 
 
-def test_submitit_requeues_a_job_at_its_time_limit_and_it_resumes_to_the_same_metrics(tmp_path: Path, make_config) -> None:
+REAL_TIME_LIMIT = "LABSWEEP_TEST_REAL_TIME_LIMIT"  # =1: also wait for submitit_local's own signal (2-3 minutes)
+
+
+@pytest.mark.parametrize("limit", ["signalled", pytest.param("real", marks=pytest.mark.skipif(
+    not os.environ.get(REAL_TIME_LIMIT), reason=f"a real one-minute time limit takes minutes: set {REAL_TIME_LIMIT}=1"))])  # fmt: skip
+def test_submitit_requeues_a_job_at_its_time_limit_and_it_resumes_to_the_same_metrics(limit: str, tmp_path: Path,
+                                                                                      make_config) -> None:  # fmt: skip
     """The SLURM presets' mechanism, with submitit's local executor: hydra.launcher.timeout_min=1 makes the
     timeout signal (USR2) mean "time limit reached"; submitit's handler calls the launcher's checkpoint() and
     requeues the job, whose process exits; the requeued process resumes the KILLED run. submitit_local sends that
-    signal 30 s before the limit (a fixed delay), so a real one-minute limit would interrupt only jobs longer than
-    30 s: the test sends the job the same signal as soon as it has a checkpoint, as that controller does."""
+    signal 30 s before the limit (a fixed delay), so a real one-minute limit interrupts only a job longer than
+    30 s: by default the test sends the job the same signal as soon as it has a checkpoint, as that controller
+    does; with $LABSWEEP_TEST_REAL_TIME_LIMIT=1 it also runs a job long enough for the controller's own."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the launchers extra: pip install -e '.[launchers]'")
-    exp, epochs = "t-resume-submitit", 400
-    train = [*TINY, f"trainer.epochs={epochs}", "trainer.checkpoint_every_s=0.3"]
+    exp = f"t-resume-submitit-{limit}"
+    if limit == "real":
+        train = ["dataset=synthetic", "dataset.train_per_class=100", "dataset.test_per_class=20", "trainer.batch_size=100",
+                 "trainer.epochs=2500", "trainer.progress=false", "trainer.threads=1", "trainer.checkpoint_every_s=2"]  # fmt: skip
+    else:
+        train = [*TINY, "trainer.epochs=400", "trainer.checkpoint_every_s=0.3"]
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", *train, f"tracking.experiment={exp}",
             f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
 
@@ -277,9 +289,10 @@ def test_submitit_requeues_a_job_at_its_time_limit_and_it_resumes_to_the_same_me
 
     with running(start(args)) as proc:
         run = wait_for(proc, "the job to train with a checkpoint", training_with_a_checkpoint)
-        os.kill(int(run.data.tags["labsweep.owner.pid"]), signal.SIGUSR2)  # submitit's time-limit signal
+        if limit == "signalled":
+            os.kill(int(run.data.tags["labsweep.owner.pid"]), signal.SIGUSR2)  # submitit's time-limit signal
         training, (want,) = trained_uninterrupted(make_config(*train, small=False))  # meanwhile, on the other core
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "1 finished, 0 skipped, 0 failed, 1 resumed" in out
     logs = "".join(p.read_text() for p in (tmp_path / "sweep/.submitit").glob("*/*_log.*"))
@@ -288,3 +301,4 @@ def test_submitit_requeues_a_job_at_its_time_limit_and_it_resumes_to_the_same_me
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.tags[resume.RESUMED_TAG] and resumed.data.tags["labsweep.owner.pid"] != run.data.tags["labsweep.owner.pid"]
     assert_trained_as(resumed.info.run_id, tmp_path / "sweep/0", training, 0, want)
+    print(f"resumed after epochs {resumed.data.tags[resume.RESUMED_TAG]}")

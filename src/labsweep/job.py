@@ -112,7 +112,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         # Written at an epoch's end every trainer.checkpoint_every_s and on a signal, before the runs close; deleted
         # when the job ends any other way.
         checkpoint = stack.enter_context(resume.Checkpointer(checkpoint_path, trainer.checkpoint_every_s, training,
-                                                             replicas, [r.run_id for r in runs], resumed))  # fmt: skip
+                                                             replicas, [r.run_id for r in runs], resumed).kept_on_stop())  # fmt: skip
         if resumed:
             resume.log_history(runs, resumed)  # the epochs a SIGKILL kept from MLflow
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,

@@ -124,7 +124,7 @@ def fit(
     epoch is logged (so the run shows where it went wrong), later ones are not; the loop stops at once
     when every replica has diverged. ``resumed``: (epochs done, their results) of a run continued from its
     resume checkpoint, whose state is already restored; ``end_of_epoch(epoch, results)`` follows each epoch."""
-    done, results = resumed or (0, [FitResult(history=[], last_finite_state=net.state(r)) for r in range(len(generators))])
+    done, results = resumed or (0, [FitResult(history=[], last_finite_state=net.state(r)) for r in range(net.k)])
     bar = tqdm(range(done + 1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
     for epoch in bar:
         raise_if_stopped()  # a SIGTERM whose exception a callback swallowed during the last epoch

@@ -31,10 +31,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -86,7 +86,8 @@ def find(client: MlflowClient, experiment: str, replicas: Sequence[Replica], tra
     if not paths:
         return None
     if not enabled:
-        log.info("trainer.resume=false: not resuming from %s; training starts over in a new MLflow run", ", ".join(sorted(paths)))
+        log.info("trainer.resume=false: not resuming from %s; training starts over in a new MLflow run",
+                 ", ".join(sorted(paths)))  # fmt: skip
         return None
     if len(paths) > 1 or None in runs:
         missing = [str(r.seed) for r, run in zip(replicas, runs, strict=True) if run is None]
@@ -95,7 +96,8 @@ def find(client: MlflowClient, experiment: str, replicas: Sequence[Replica], tra
         return None
     path = Path(paths.pop())
     try:
-        resumed = open_checkpoint(path, replicas, [run.info.run_id for run in runs], training)  # type: ignore[union-attr]
+        run_ids = [run.info.run_id for run in runs]  # type: ignore[union-attr]
+        resumed = open_checkpoint(path, replicas, run_ids, training)
     except ResumeError as exc:
         log.warning("%s: not used; training starts over in a new MLflow run", exc)
         return None
@@ -148,9 +150,9 @@ def check(path: Path, payload: Mapping[str, Any], run_keys: list[str], run_ids: 
                           f"not {', '.join(run_ids)}")  # fmt: skip
     commit = git_commit() or "unknown"
     if payload["git_commit"] != commit:
-        raise ResumeError(f"resume checkpoint {path} was written by another code version (git commit "
-                          f"{payload['git_commit'][:12]}; this is {commit[:12]}): check out {payload['git_commit'][:12]} "
-                          "to resume it")  # fmt: skip
+        theirs = str(payload["git_commit"])[:12]
+        raise ResumeError(f"resume checkpoint {path} was written by another code version (git commit {theirs}; "
+                          f"this is {commit[:12]}): check out {theirs} to resume it")  # fmt: skip
 
 
 def restore(path: Path, payload: Mapping[str, Any], training: Training) -> None:
@@ -161,7 +163,8 @@ def restore(path: Path, payload: Mapping[str, Any], training: Training) -> None:
         for k, v in net_state.items())  # fmt: skip
     groups = payload["optimizer"].get("param_groups") if isinstance(payload["optimizer"], dict) else None
     ours = training.optimizer.state_dict()["param_groups"]
-    fits = fits and isinstance(groups, list) and [len(g.get("params", ())) for g in groups] == [len(g["params"]) for g in ours]
+    sizes = [len(g.get("params", ())) for g in groups] if isinstance(groups, list) else None
+    fits = fits and sizes == [len(g["params"]) for g in ours]
     fits = fits and len(payload["generators"]) == len(training.generators) == len(payload["results"])
     if not fits:
         raise ResumeError(f"resume checkpoint {path}: its state does not fit this job's model and optimizer")
@@ -213,8 +216,7 @@ def _result(r: FitResult) -> dict[str, Any]:
 class Checkpointer:
     """The job's resume checkpoint: ``checkpointer(epoch, results)`` at the end of each epoch (the loop's
     ``end_of_epoch``) keeps that epoch's state and writes it when ``every_s`` seconds have passed since the last
-    write. As a context manager around the job's training (inside its runs, so it exits before they close): a
-    signal writes the last epoch's state before the exception goes on; any other end deletes the file."""
+    write; ``kept_on_stop`` writes it when a signal stops the job and deletes it when the job ends otherwise."""
 
     def __init__(self, path: Path, every_s: float, training: Training, replicas: Sequence[Replica],
                  run_ids: Sequence[str], resumed: Resumed | None) -> None:  # fmt: skip
@@ -229,23 +231,27 @@ class Checkpointer:
         self.spare: dict[str, Any] | None = None
         self.written = 0  # the epoch on disk
         self.started = self.last_write = time.perf_counter()
-        # The tensors training changes in place, looked up once (state_dict() itself takes longer than copying
-        # the Lab 1 MLP's), and the parameters in the optimizer's state_dict() numbering.
+        # The net's tensors, looked up once (state_dict() itself takes longer than copying the Lab 1 MLP's), and
+        # its parameters in the optimizer's state_dict() numbering. A parameter that has no gradient after an
+        # epoch is one no optimizer step changes (StackedMLP's template): kept as it is, not copied every epoch.
         self.net_tensors = training.net.state_dict(keep_vars=True)
         self.params = [p for group in training.optimizer.param_groups for p in group["params"]]
+        self.copied: list[str] | None = None  # the net's tensors that training changes: found at the first epoch
 
     def seconds(self) -> float:
         """Training time so far, the attempts before this process included."""
         return self.seconds_before + time.perf_counter() - self.started
 
     def __call__(self, epoch: int, results: list[FitResult]) -> None:
-        t = self.training
+        t, net = self.training, self.net_tensors
+        if self.copied is None:
+            self.copied = [k for k, v in net.items() if not (isinstance(v, torch.nn.Parameter) and v.grad is None)]
         optimizer_state = [(i, optimizer_state) for i, p in enumerate(self.params)
                            if (optimizer_state := t.optimizer.state.get(p))]  # fmt: skip
-        where = [*self.net_tensors, *((i, k) for i, state in optimizer_state for k, v in state.items()
-                                      if isinstance(v, torch.Tensor))]  # fmt: skip
-        tensors = [*self.net_tensors.values(), *(v for _, state in optimizer_state for v in state.values()
-                                                 if isinstance(v, torch.Tensor))]  # fmt: skip
+        where = [*self.copied, *((i, k) for i, state in optimizer_state for k, v in state.items()
+                                 if isinstance(v, torch.Tensor))]  # fmt: skip
+        tensors = [*(net[k] for k in self.copied), *(v for _, state in optimizer_state for v in state.values()
+                                                     if isinstance(v, torch.Tensor))]  # fmt: skip
         with torch.no_grad():
             if self.spare is not None and self.spare["where"] == where:  # one copy into the older set, no allocation
                 copies = self.spare["tensors"]
@@ -276,7 +282,8 @@ class Checkpointer:
             groups.append(settings | {"params": list(range(first, first + len(group["params"])))})
             first += len(group["params"])
         rest = {k: v for k, v in state.items() if k not in ("where", "tensors", "plain", "param_groups")}
-        return self.identity | rest | {"net": {k: copies[k] for k in self.net_tensors},
+        net = {k: copies[k] if k in copies else v.detach().clone() for k, v in self.net_tensors.items()}
+        return self.identity | rest | {"net": net,
                                        "optimizer": {"state": dict(sorted(optimizer.items())), "param_groups": groups}}  # fmt: skip
 
     def write(self) -> None:
@@ -298,18 +305,23 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
         self._remove_stale()
 
-    def __enter__(self) -> Checkpointer:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is not None and stopped(exc):
+    @contextmanager
+    def kept_on_stop(self) -> Iterator[Checkpointer]:
+        """Around the job's training, inside its runs (so it ends before they close): a stop writes the last
+        finished epoch's state, to resume from; any other end of the job deletes the checkpoint."""
+        try:
+            yield self
+        except BaseException as exc:
+            if not stopped(exc):
+                self.discard()
+                raise
             try:
                 self.write()
                 log.info("resume checkpoint written: %s (run the same command again to resume)", self.path)
-            except Exception as err:  # the job's own exception is the one that goes on
+            except Exception as err:  # noqa: BLE001 - the job's own exception is the one that goes on
                 log.error("could not write the resume checkpoint %s: %s", self.path, err)
-        else:
-            self.discard()
+            raise
+        self.discard()
 
 
 def stopped(exc: BaseException) -> bool:

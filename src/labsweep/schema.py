@@ -81,7 +81,7 @@ class TrainerConfig:
     eval_batch_size: int = 2048
     progress: bool = True
     resume: bool = True  # continue a killed run of this configuration from its resume checkpoint (labsweep.resume)
-    checkpoint_every_s: float = 60.0  # write the resume checkpoint at an epoch's end at most this often (0: every epoch)
+    checkpoint_every_s: float = 60.0  # the resume checkpoint: written at an epoch's end at most this often (0: each)
     log_every: int = 100  # scratch tasks: log metrics every N iterations
     plot_every: int = 10_000  # regression: plot the fit every N iterations
 

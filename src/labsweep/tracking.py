@@ -258,8 +258,8 @@ def describe_interruption(exc: BaseException) -> tuple[str, str]:
         return RunStatus.to_string(RunStatus.KILLED), f"interrupted ({exc})"
     if isinstance(exc, KeyboardInterrupt):
         return RunStatus.to_string(RunStatus.KILLED), "interrupted (KeyboardInterrupt: Ctrl-C or SIGINT)"
-    if isinstance(exc, SystemExit):  # a launcher's own signal handler exiting the job (submitit's requeue on a time limit)
-        return RunStatus.to_string(RunStatus.KILLED), f"interrupted (SystemExit {exc.code}: the launcher stopped the job)"
+    if isinstance(exc, SystemExit):  # a launcher's signal handler ending the job (submitit: requeue at a time limit)
+        return RunStatus.to_string(RunStatus.KILLED), f"interrupted (SystemExit {exc.code}: the launcher stopped it)"
     return RunStatus.to_string(RunStatus.FAILED), f"{type(exc).__name__}: {exc}"[:5000]
 
 
