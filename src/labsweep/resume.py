@@ -194,7 +194,8 @@ def log_history(runs: Sequence[Any], resumed: Resumed) -> None:
 
 def place(resumed: Resumed | None, output_dir: Path) -> Path:
     """Where this job writes its resume checkpoint: its run folder. A resumed job's checkpoint is copied there
-    first (atomically), so the runs' tag always names a complete file; the old one goes at the first write."""
+    first (atomically), before its runs' tag names it, so the tag always names a complete file; the old one is
+    deleted once the runs are reopened (``Checkpointer``)."""
     path = Path(output_dir) / FILE_NAME
     if resumed is not None and resumed.path.resolve() != path.resolve():
         with atomic_path(path) as tmp:
@@ -224,7 +225,8 @@ class Checkpointer:
         self.identity = {"format": FORMAT, "run_keys": [r.run_key for r in replicas], "run_ids": list(run_ids),
                          "git_commit": git_commit() or "unknown"}  # fmt: skip
         self.seconds_before = resumed.seconds if resumed else 0.0
-        self.stale = resumed.path if resumed and resumed.path.resolve() != path.resolve() else None
+        if resumed and resumed.path.resolve() != path.resolve():  # copied to `path` (place), which the runs now name
+            resumed.path.unlink(missing_ok=True)
         # The last finished epoch's state and the one before it, whose copies the next epoch's overwrites: two
         # sets, so that a signal in the middle of a copy leaves the last complete one to be written.
         self.state: dict[str, Any] | None = None
@@ -294,16 +296,9 @@ class Checkpointer:
         with closing_runs(), atomic_path(self.path) as tmp:  # a signal waits until the file is complete
             torch.save(self.payload(), tmp)
         self.written, self.last_write = self.state["epoch"], time.perf_counter()
-        self._remove_stale()
-
-    def _remove_stale(self) -> None:
-        if self.stale is not None:
-            self.stale.unlink(missing_ok=True)
-            self.stale = None
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
-        self._remove_stale()
 
     @contextmanager
     def kept_on_stop(self) -> Iterator[Checkpointer]:
