@@ -90,7 +90,7 @@ def test_parallel_preset_selects_joblib_with_one_thread_per_job() -> None:
     ("preset", "expected"),
     [
         ("slurm", {"--partition=cpu", "--time=120", "--cpus-per-task=2", "--mem=8GB", "--ntasks-per-node=1",
-                   "--nodes=1", "--array=0-2%3"}),  # fmt: skip
+                   "--nodes=1", "--array=0-2%3", "--signal=USR2@120"}),  # fmt: skip
         ("slurm_gpu", {"--partition=cpu", "--time=120", "--cpus-per-task=4", "--gpus-per-node=1", "--mem=16GB",
                        "--array=0-2%3"}),  # fmt: skip
     ],
@@ -121,6 +121,8 @@ def test_slurm_presets_give_the_sbatch_script_a_cluster_needs(
 
     slurm = executors[0]._executor
     assert slurm.parameters["array_parallelism"] == 32
+    # A job at its time limit is requeued (USR2 120 s before it, above) and resumes: labsweep.resume.
+    assert executors[0]._executor.max_num_timeout == 3
     script = slurm._make_submission_file_text("python -u -m submitit.core._submit", "uid")
     sbatch_flags = set()
     for line in script.splitlines():

@@ -17,8 +17,9 @@ from labsweep.sweep import study_title
 from labsweep.synthetic import make_synthetic
 
 
-def test_a_run_logs_its_data_as_datasets_and_its_best_model(make_config, run_train) -> None:
-    config = make_config("trainer.epochs=3", "tracking.experiment=t-ui-contents", "tracking.system_metrics=true")
+def test_a_run_logs_its_data_as_datasets_and_its_best_model(make_config, run_train, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")  # a sample logged within this short run
+    config = make_config("trainer.epochs=20", "tracking.experiment=t-ui-contents", "tracking.system_metrics=true")
     run_train(config)
     (run,) = runs_in("t-ui-contents")
     client = MlflowClient()

@@ -60,7 +60,9 @@ def mlflow_ui(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         port = _free_port()
         mlflow = Path(sys.executable).with_name("mlflow")
         servers.append(subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                                         "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+                                         "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))  # fmt: skip
+        # (no job runner: MLflow's GenAI jobs start seven huey worker processes the pages here never use)
         address = f"http://127.0.0.1:{port}"
         _wait_until_up(address, tmp_path / "mlflow-ui.log")
         return address

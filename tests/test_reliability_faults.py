@@ -63,8 +63,9 @@ def _log_three_epochs_then(exc: BaseException | Callable[[], None], experiment: 
         (RuntimeError("CUDA error: device-side assert"), "FAILED", "RuntimeError: CUDA error: device-side assert"),
         (KeyboardInterrupt(), "KILLED", "interrupted (KeyboardInterrupt"),
         (lambda: os.kill(os.getpid(), signal.SIGTERM), "KILLED", "interrupted (terminated by SIGTERM)"),
+        (lambda: os.kill(os.getpid(), signal.SIGUSR1), "KILLED", "interrupted (terminated by SIGUSR1)"),  # --signal=USR1
     ],
-    ids=["raises", "ctrl-c", "sigterm"],
+    ids=["raises", "ctrl-c", "sigterm", "sigusr1"],
 )
 def test_a_run_that_stops_keeps_its_metrics_and_says_why(cause: Any, status: str, reason: str) -> None:
     before = signal.getsignal(signal.SIGTERM)
@@ -203,12 +204,13 @@ def test_an_interrupted_sweep_leaves_nothing_running_and_a_relaunch_finishes_it(
     with running(start(args)) as again:
         out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out[-3000:]
-    assert "2 finished, 1 skipped, 0 failed" in out
+    assert "2 finished, 1 skipped, 0 failed, 1 resumed" in out  # job 1 continued from the epoch SIGTERM kept
     runs = child_runs(exp, client)
     assert [r for r in runs if r.info.status == "RUNNING"] == []
     done = {r.data.tags["job_num"] for r in runs if r.info.status == "FINISHED" and r.data.tags.get("job_num")}
     assert done == {"0", "1", "2"}
     assert len([r for r in runs if r.data.tags.get("job_num") == "0"]) == 1  # the finished job was not rerun
+    assert [r.info.run_id for r in runs if r.data.tags.get("job_num") == "1"] == [killed.info.run_id]  # resumed
 
 
 def test_the_end_of_a_sweep_closes_child_runs_a_dead_worker_left_running(tmp_path: Path) -> None:

@@ -162,11 +162,12 @@ class Training:
     generators: list[torch.Generator]
 
     def fit(self, *, epochs: int, batch_size: int, log_metrics: Sequence[Any] | None = None,
-            eval_batch_size: int = 2048, progress: bool = False) -> list[FitResult]:  # fmt: skip
+            eval_batch_size: int = 2048, progress: bool = False, **resume: Any) -> list[FitResult]:  # fmt: skip
+        """``loop.fit`` on this training; ``resume``: its ``resumed`` and ``end_of_epoch`` (labsweep.resume)."""
         loggers = log_metrics if log_metrics is not None else [lambda m, s: None] * len(self.seeds)
         return fit(self.net, self.optimizer, self.train, self.test, epochs=epochs, batch_size=batch_size,
                    generators=self.generators, log_metrics=loggers, eval_batch_size=eval_batch_size,
-                   progress=progress)  # fmt: skip
+                   progress=progress, **resume)  # fmt: skip
 
     def single(self, k: int) -> Classifier:
         """Replica k as a standalone model (its current weights), normalising raw pixels itself."""

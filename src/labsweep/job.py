@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from labsweep import image_predictions, reports
+from labsweep import image_predictions, reports, resume
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
@@ -64,7 +65,8 @@ def system_metrics(run: RunLogger) -> Any:
     """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU where present) on ``run``, started."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=10, tracking_uri=run.client.tracking_uri)
+    every = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)  # MLflow's own setting, seconds
+    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=every, tracking_uri=run.client.tracking_uri)
     monitor.start()
     return monitor
 
@@ -96,6 +98,9 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     schedule = build_schedule(trainer, len(data.train_y))
     spec = model_spec(config.model, config.pooling.name, data)
     training = build_training(spec, config.optimizer, data, [r.seed for r in replicas], device)
+    # A killed run of this job continues from its resume checkpoint (its state restored into `training`).
+    resumed = resume.find(client(track.uri), track.experiment, replicas, training, enabled=trainer.resume)
+    checkpoint_path = resume.place(resumed, launch.output_dir)
     seeds = ", ".join(str(r.seed) for r in replicas)
     log.info("data: %s, classes %s, %d train / %d test images", data.name,
              ", ".join(reports.target_names(data.class_ids, data.class_names)), len(data.train_y), len(data.test_y))  # fmt: skip
@@ -110,21 +115,29 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     inputs = dataset_inputs(config.dataset, data)  # the Dataset column of the UI
     with ExitStack() as stack:
         runs = []
-        for replica, params in zip(replicas, logged, strict=True):
+        for k, (replica, params) in enumerate(zip(replicas, logged, strict=True)):
             tags = run_tags(replica, launch, sweep, task="classify", model=spec.name, pooling=spec.pooling,
-                            dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec))  # fmt: skip
+                            dataset=data.name, classes=",".join(map(str, data.class_ids)), notation=notation(spec),
+                            **{resume.TAG: checkpoint_path}, **({resume.RESUMED_TAG: resumed.resumed_from[k]} if resumed else {}))  # fmt: skip
             run = stack.enter_context(tracked_run(track.uri, track.experiment, name if len(replicas) == 1 else
                                                   replica_name(name, replica.seed), tags,
-                                                  parent_run_id=sweep.parent_run_id if sweep else None))  # fmt: skip
+                                                  parent_run_id=sweep.parent_run_id if sweep else None,
+                                                  run_id=resumed.run_ids[k] if resumed else None))  # fmt: skip
             run.log_params(flatten(params) | derived)
             run.log_inputs(inputs)
             if track.system_metrics:
                 stack.callback(system_metrics(run).finish)  # before the run is closed
             runs.append(run)
-        start = time.perf_counter()
+        # Written at an epoch's end every trainer.checkpoint_every_s and on a signal, before the runs close; deleted
+        # when the job ends any other way.
+        checkpoint = stack.enter_context(resume.Checkpointer(checkpoint_path, trainer.checkpoint_every_s, training,
+                                                             replicas, [r.run_id for r in runs], resumed).kept_on_stop())  # fmt: skip
+        if resumed:
+            resume.log_history(runs, resumed)  # the epochs a SIGKILL kept from MLflow
         results = training.fit(epochs=schedule.epochs, batch_size=trainer.batch_size, log_metrics=runs,
-                               eval_batch_size=trainer.eval_batch_size, progress=trainer.progress)  # fmt: skip
-        seconds = time.perf_counter() - start
+                               eval_batch_size=trainer.eval_batch_size, progress=trainer.progress,
+                               resumed=(resumed.epoch, resumed.results) if resumed else None, end_of_epoch=checkpoint)  # fmt: skip
+        seconds = checkpoint.seconds()
         final_train = evaluate(training.net, training.train, trainer.eval_batch_size)
         final_test = evaluate(training.net, training.test, trainer.eval_batch_size)
         test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
@@ -166,7 +179,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         log.info("MLflow run%s %s", "s" if len(runs) > 1 else "", ", ".join(r.run_id for r in runs))
     first = next(iter(summaries.values()))
     test_accs = [s["final_test_acc"] for s in summaries.values()]
-    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final_train_acc"]}
+    return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final_train_acc"],
+                    "resumed": float(resumed is not None)}  # fmt: skip
 
 
 def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) -> dict[str, float]:
@@ -201,6 +215,7 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
     ``typed_config`` turns the composed config into the typed one (a bad value raises ConfigError)."""
     sweep = SweepContext.from_env(launch.job_num) if launch.multirun else None
     name = " ".join(launch.overrides) or "job"
+    config: Config | None = None
     try:
         config = typed_config()
         name = run_name(config, launch, sweep.swept if sweep else ())
@@ -212,8 +227,9 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         return float("nan")
     except (Terminated, KeyboardInterrupt) as stop:  # the job's runs are closed KILLED with their metrics so far
         how = str(stop) if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        again = "resume it from its last epoch" if config and config.task == "classify" else "train it from the start"
         log.error("%s: %s; its MLflow runs are closed KILLED with their metrics so far. Run the same command again "
-                  "to train it from the start", name, how)  # fmt: skip
+                  "to %s", name, how, again)  # fmt: skip
         raise
     except Exception as exc:
         user_error = isinstance(exc, (ConfigError, DataError, TrackingError, DiskFullError))
@@ -229,5 +245,5 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         return float("nan")
     objective: Any = result.get("test/acc", result.get("train/mse", float("nan")))
     if sweep:
-        sweep.record("finished", name=name, objective=objective)
+        sweep.record("finished", name=name, objective=objective, resumed=bool(result.get("resumed")))
     return float(objective)

@@ -9,7 +9,7 @@ replica.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +29,7 @@ class DivergedError(RuntimeError):
             f"training diverged at epoch {epoch}: train loss is {loss}. "
             "Lower optimizer.lr (or raise trainer.batch_size) and run again."
         )
-        self.epoch = epoch
+        self.epoch, self.loss = epoch, loss
 
 
 @dataclass
@@ -116,13 +116,16 @@ def fit(
     log_metrics: Sequence[LogMetrics],
     eval_batch_size: int = 2048,
     progress: bool = True,
+    resumed: tuple[int, list[FitResult]] | None = None,
+    end_of_epoch: Callable[[int, list[FitResult]], None] | None = None,
 ) -> list[FitResult]:
     """Train every replica for ``epochs``, evaluating on ``test`` after each; keep each replica's weights
     at its lowest test loss. A replica whose train loss stops being finite is marked diverged: that
     epoch is logged (so the run shows where it went wrong), later ones are not; the loop stops at once
-    when every replica has diverged."""
-    results = [FitResult(history=[], last_finite_state=net.state(r)) for r in range(len(generators))]
-    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
+    when every replica has diverged. ``resumed``: (epochs done, their results) of a run continued from its
+    resume checkpoint, whose state is already restored; ``end_of_epoch(epoch, results)`` follows each epoch."""
+    done, results = resumed or (0, [FitResult(history=[], last_finite_state=net.state(r)) for r in range(net.k)])
+    bar = tqdm(range(done + 1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
     for epoch in bar:
         raise_if_stopped()  # a SIGTERM whose exception a callback swallowed during the last epoch
         train_stats = train_epoch(net, optimizer, train, batch_size, generators)
@@ -142,6 +145,8 @@ def fit(
             # The weights to keep if a later epoch diverges: a copy per epoch (about 20 us per Lab 1 replica).
             result.last_finite_epoch = epoch
             result.last_finite_state = result.best_state if result.best_epoch == epoch else net.state(r)
+        if end_of_epoch is not None:
+            end_of_epoch(epoch, results)  # the resume checkpoint's state (labsweep.resume)
         if all(r.diverged for r in results):
             break
         first = train_stats[0]

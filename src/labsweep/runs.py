@@ -21,7 +21,8 @@ log = logging.getLogger("labsweep")
 
 # Keys that do not change what a job computes: left out of the config hash (the table's row key).
 NOT_PART_OF_RESULT = ("tracking", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads",
-                      "trainer.replicas", "dataset.root", "dataset.download", "dataset.verify", "dataset.url")  # fmt: skip
+                      "trainer.replicas", "trainer.resume", "trainer.checkpoint_every_s", "dataset.root",
+                      "dataset.download", "dataset.verify", "dataset.url")  # fmt: skip
 
 
 @dataclass(frozen=True)

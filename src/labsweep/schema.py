@@ -80,6 +80,8 @@ class TrainerConfig:
     threads: Optional[int] = None  # CPU threads for torch (null: torch's default)
     eval_batch_size: int = 2048
     progress: bool = True
+    resume: bool = True  # continue a killed run of this configuration from its resume checkpoint (labsweep.resume)
+    checkpoint_every_s: float = 60.0  # the resume checkpoint: written at an epoch's end at most this often (0: each)
     log_every: int = 100  # scratch tasks: log metrics every N iterations
     plot_every: int = 10_000  # regression: plot the fit every N iterations
 
@@ -88,6 +90,7 @@ class TrainerConfig:
             _optional_positive_int(getattr(self, key), f"trainer.{key}")
         for key in ("batch_size", "replicas", "eval_batch_size", "log_every", "plot_every"):
             positive_int(getattr(self, key), f"trainer.{key}")
+        _non_negative(self.checkpoint_every_s, "trainer.checkpoint_every_s")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -1,6 +1,7 @@
 """Signals that would kill a process with its MLflow runs still RUNNING: SIGTERM (``kill``, a scheduler, a
-container stop) and SIGHUP (a closed terminal) become ``Terminated`` in the main thread while a run or sweep
-is open, and a signal that comes while runs are being closed waits until they are."""
+container stop), SIGHUP (a closed terminal) and SIGUSR1 (SLURM's ``--signal=USR1@seconds`` before a time limit)
+become ``Terminated`` in the main thread while a run or sweep is open, and a signal that comes while runs are
+being closed waits until they are."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Terminated(SystemExit):
 
 
 # Signals whose default action would kill the process without any cleanup.
-_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
 _handler_depth = 0
 _saved_handlers: dict[int, Any] = {}
 _closing = 0  # > 0 while runs are being closed: signals then wait (see _closing_runs)
@@ -81,7 +82,7 @@ def _in_main_thread() -> bool:
 
 
 def enter_signal_handling() -> None:
-    """Make SIGTERM and SIGHUP raise Terminated in the main thread until the matching
+    """Make SIGTERM, SIGHUP and SIGUSR1 raise Terminated in the main thread until the matching
     ``exit_signal_handling`` (calls nest). Only signals left at their default action are taken over:
     a launcher's own handler (submitit's, say) stays in charge."""
     global _handler_depth

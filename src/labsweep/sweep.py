@@ -1,5 +1,6 @@
 """Sweeps: one MLflow parent run per Hydra multirun (in a Hydra Callback), the sweep context each
-job reads, skipping jobs that already finished, and the end-of-sweep summary.
+job reads, skipping jobs that already finished, and the end-of-sweep summary (which counts the jobs that
+resumed a killed run among the finished ones).
 
 The parent run never stays RUNNING: a sweep stopped by Ctrl-C, SIGTERM/SIGHUP or an exception that
 escapes Hydra's launcher is closed KILLED or FAILED at exit, with its summary so far, and child runs
@@ -123,6 +124,11 @@ def sweep_id(config: DictConfig) -> str:
     return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def resumed_jobs(by_status: Mapping[str, list[dict[str, Any]]]) -> int:
+    """Finished jobs that continued a killed run from its resume checkpoint (labsweep.resume)."""
+    return sum(1 for entry in by_status.get("finished", []) if entry.get("resumed"))
+
+
 class SweepCallback(Callback):
     """Creates the parent run when a multirun starts and closes it with the sweep's summary; if the
     sweep never gets to its end (Ctrl-C, SIGTERM, a crash), closes it KILLED or FAILED at exit."""
@@ -189,6 +195,7 @@ class SweepCallback(Callback):
             return
         by_status = self._outcomes()
         counts = {status: len(by_status.get(status, [])) for status in ("finished", "skipped", "failed")}
+        counts["resumed"] = resumed_jobs(by_status)
         run_id = self.context.parent_run_id
         self._log_counts(counts)
         for entry in by_status.get("skipped", []):
@@ -246,6 +253,7 @@ class SweepCallback(Callback):
             with tracking.closing_runs():
                 self._close_orphans(f"the sweep was stopped: {reason}")
                 counts = {s: len(by_status.get(s, [])) for s in ("finished", "skipped", "failed")}
+                counts["resumed"] = resumed_jobs(by_status)
                 counts["killed"] = len(self._children("KILLED"))
                 self._log_counts(counts)
                 run_id = self.context.parent_run_id

@@ -211,17 +211,20 @@ class RunLogger:
     else 5) and when the run ends, whatever happens."""
 
     def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float | None = None,
-                 experiment_id: str = "") -> None:  # fmt: skip
+                 logged: tuple[Mapping[str, int], Mapping[str, str]] = ({}, {}), experiment_id: str = "") -> None:  # fmt: skip
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.flush_seconds = float(os.environ.get(FLUSH_ENV) or DEFAULT_FLUSH_SECONDS) if flush_seconds is None else flush_seconds
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
+        # A reopened run's last step of each metric and its params: never logged twice (see reopen_run).
+        self._logged_steps, self._logged_params = logged
 
     def __call__(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now_ms = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now_ms, step) for k, v in metrics.items()]
+        logged = self._logged_steps
+        self._pending += [Metric(k, float(v), now_ms, step) for k, v in metrics.items() if step > logged.get(k, -1)]
         if time.monotonic() - self._last_flush > self.flush_seconds or len(self._pending) >= 10 * MAX_METRICS:
             self.flush()
 
@@ -234,7 +237,7 @@ class RunLogger:
         self._last_flush = time.monotonic()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in self._logged_params]
         for i in range(0, len(items), MAX_PARAMS):
             retry_locked(self.client.log_batch, self.run_id, params=items[i : i + MAX_PARAMS], synchronous=True)
 
@@ -260,6 +263,8 @@ def describe_interruption(exc: BaseException) -> tuple[str, str]:
         return RunStatus.to_string(RunStatus.KILLED), f"interrupted ({exc})"
     if isinstance(exc, KeyboardInterrupt):
         return RunStatus.to_string(RunStatus.KILLED), "interrupted (KeyboardInterrupt: Ctrl-C or SIGINT)"
+    if isinstance(exc, SystemExit):  # a launcher's signal handler ending the job (submitit: requeue at a time limit)
+        return RunStatus.to_string(RunStatus.KILLED), f"interrupted (SystemExit {exc.code}: the launcher stopped it)"
     return RunStatus.to_string(RunStatus.FAILED), f"{type(exc).__name__}: {exc}"[:5000]
 
 
@@ -273,9 +278,11 @@ def tracked_run(
     run_name: str,
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[RunLogger]:
-    """Create an MLflow run and yield its logger. The run ends FINISHED when the block returns,
-    KILLED on Ctrl-C (KeyboardInterrupt), SIGTERM or SIGHUP (Terminated), FAILED on any other error;
+    """Create an MLflow run (or, given ``run_id``, reopen that ended run: it is RUNNING again, its tags
+    updated, its ``failure`` tag removed) and yield its logger. The run ends FINISHED when the block returns,
+    KILLED on Ctrl-C (KeyboardInterrupt), SIGTERM, SIGHUP or SIGUSR1 (Terminated), FAILED on any other error;
     the reason goes into the ``failure`` tag, and pending metrics are flushed first, so what was
     logged before a crash is kept. A signal during that cleanup waits for it to finish."""
     mlflow_client = client(uri)
@@ -283,8 +290,11 @@ def tracked_run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     exp_id = experiment_id(mlflow_client, experiment)
-    run = retry_locked(mlflow_client.create_run, exp_id, run_name=run_name, tags=all_tags)
-    logger = RunLogger(mlflow_client, run.info.run_id, experiment_id=exp_id)
+    if run_id is None:
+        run_id = retry_locked(mlflow_client.create_run, exp_id, run_name=run_name, tags=all_tags).info.run_id
+        logger = RunLogger(mlflow_client, run_id, experiment_id=exp_id)
+    else:
+        logger = RunLogger(mlflow_client, run_id, logged=reopen_run(mlflow_client, run_id, all_tags), experiment_id=exp_id)
     with signal_handling():
         try:
             yield logger
@@ -296,6 +306,22 @@ def tracked_run(
             raise
         with closing_runs():
             _close(logger, RunStatus.to_string(RunStatus.FINISHED), None)
+
+
+def reopen_run(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Make an ended run RUNNING again for the process that continues it (``labsweep.resume``): its tags (the
+    owner's among them) updated, the ``failure`` tag of its interruption removed. Returns the last step of each
+    metric the run has and its params, which its logger then does not log again: a run resumed from an earlier
+    epoch than the last one it logged retrains those epochs, and a param cannot change its value."""
+    run = client.get_run(run_id)
+    if "failure" in run.data.tags:
+        retry_locked(client.delete_tag, run_id, "failure")
+    items = [RunTag(k, v) for k, v in tags.items()]
+    for i in range(0, len(items), MAX_TAGS):
+        retry_locked(client.log_batch, run_id, tags=items[i : i + MAX_TAGS], synchronous=True)
+    retry_locked(client.update_run, run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    steps = {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in run.data.metrics}
+    return steps, dict(run.data.params)
 
 
 def fail_run(logger: RunLogger, reason: str) -> None:
