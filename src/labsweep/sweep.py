@@ -26,8 +26,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from labsweep import signals, tracking
+from labsweep import signals, tracking, tuning
 from labsweep.atomic import write_text
+from labsweep.schema import ConfigError
 from labsweep.tracking import TrackingError, check_tracking, experiment_id, retry_locked
 
 log = logging.getLogger("labsweep.sweep")
@@ -76,7 +77,11 @@ def swept_keys(config: DictConfig) -> tuple[str, ...]:
 
 
 def sweep_id(config: DictConfig) -> str:
-    """The same command gives the same id: relaunching a sweep continues it."""
+    """The same command gives the same id: relaunching a sweep continues it. A tuning study's launches
+    (``sweep=tune``) are one sweep whatever their ``n_trials``; its checks (``labsweep.tuning.plan``) run here,
+    before the parent run exists."""
+    if tuning.is_tuning(config):
+        return tuning.plan(config).sweep_id
     hc = config.hydra
     what = {
         "overrides": sorted(task_overrides(config)),
@@ -102,7 +107,7 @@ class SweepCallback(Callback):
         ends the command: exit status 2 for a store the user must fix, 1 for anything else."""
         try:
             self._start(config)
-        except TrackingError as exc:
+        except (TrackingError, ConfigError) as exc:  # a store or a tuning study the user must fix
             log.error("%s", exc)
             raise SystemExit(2) from None
         except Exception as exc:
