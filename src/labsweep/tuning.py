@@ -183,7 +183,7 @@ def _job_tree(config: DictConfig) -> dict[str, Any]:
     job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
         return OmegaConf.to_container(job, resolve=True)  # type: ignore[return-value]
-    except Exception:  # an interpolation only a job can resolve: hash it as written
+    except Exception:  # noqa: BLE001 - an interpolation only a job can resolve: hash it as written
         return OmegaConf.to_container(job, resolve=False)  # type: ignore[return-value]
 
 
@@ -215,7 +215,7 @@ def shown_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: shown as given
         return url
 
 
@@ -286,7 +286,12 @@ def plan(config: DictConfig, arguments: Sequence[str] | None = None) -> Plan:
                           "at least one range, e.g. optimizer.lr='tag(log, interval(1e-4, 1e-1))'")  # fmt: skip
     experiment = str(config.tracking.experiment)
     name = str(sweeper.get("study_name") or f"{experiment}-{study_identity(config, space)}")
-    url = storage_url(sweeper.get("storage"), tracking_uri(config.tracking.uri))
+    mlflow_uri = tracking_uri(config.tracking.uri)
+    url = storage_url(sweeper.get("storage"), mlflow_uri)
+    if url == mlflow_uri:
+        raise ConfigError(f"hydra.sweeper.storage={shown_url(url)} is the MLflow store's own database: both keep their "
+                          "schema version in one alembic_version table, so the study needs a database of its own (another "
+                          "database on the same server, or leave hydra.sweeper.storage unset for optuna.db beside it)")  # fmt: skip
     result = Plan(name, url, space, fixed, n_trials, direction, experiment)
     _check_existing(result, open_storage(url))
     return result
@@ -499,7 +504,7 @@ def study_plots(study: optuna.Study, out: Path, params: Sequence[str]) -> list[P
             fig.savefig(path, dpi=100)
             plt.close(fig)
             made.append(path)
-        except Exception as exc:  # e.g. importances need 2 completed trials with different values
+        except Exception as exc:  # noqa: BLE001 - e.g. importances need 2 completed trials with different values
             log.warning("no %s plot: %s", name.replace("_", " "), first_line(exc))
             plt.close("all")
     return made

@@ -173,7 +173,7 @@ class SweeperImpl(Sweeper):
         try:
             study._storage.set_trial_user_attr(trial._trial_id, tuning.FAILURE_ATTR, reason[:1000])
             study.tell(trial, state=TrialState.FAIL)
-        except Exception as exc:  # already finished (told by another path): nothing to undo
+        except Exception as exc:  # noqa: BLE001 - already finished (told by another path): nothing to undo
             log.debug("trial %d: %s", trial.number, exc)
 
     def _job_outcome(self, job_num: int) -> str:
@@ -210,7 +210,7 @@ class SweeperImpl(Sweeper):
         elif root != parent:
             try:
                 same = client.get_run(root).info.experiment_id == client.get_run(parent).info.experiment_id
-            except Exception:  # the first launch logged to another store
+            except Exception:  # noqa: BLE001 - the first launch logged to another store (any MLflow error)
                 same = False
             if same:
                 retry_locked(client.set_tag, parent, "mlflow.parentRunId", root)
@@ -301,8 +301,9 @@ class SweeperImpl(Sweeper):
         results = {"study_name": plan.study_name, "storage": tuning.shown_url(plan.storage_url), "best_trial": best.number,
                    "best_params": best.params, "best_value": float(best.value), **{k.replace("/", "_"): v for k, v in metrics.items()}}  # fmt: skip
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        confirmed = (f"; on {int(metrics['confirm/n'])} fresh seeds: test accuracy {metrics['confirm/test/acc']:.4f} ± "
-                     f"{metrics['confirm/test/acc_std']:.4f}" if "confirm/test/acc" in metrics else "")  # fmt: skip
+        seeds = int(metrics.get("confirm/n", 0))
+        confirmed = (f"; on {seeds} fresh seed{'s' if seeds > 1 else ''}: test accuracy {metrics['confirm/test/acc']:.4f}"
+                     + (f" ± {metrics['confirm/test/acc_std']:.4f}" if seeds > 1 else "") if seeds else "")  # fmt: skip
         log.info("study %s: %d of %d trials complete (%d failed); best: trial %d (%s), validation accuracy %.4f%s%s",
                  plan.study_name, done["complete"], plan.n_trials, done["fail"], best.number, tuning.short_params(best.params),
                  best.value, f", its test accuracy {metrics['best_trial/test/acc']:.4f}" if "best_trial/test/acc" in metrics else "",

@@ -2,7 +2,7 @@
 sets it and its search space)."""
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -19,7 +19,7 @@ class ConfirmConfig:
 class LabsweepOptunaSweeperConf:
     _target_: str = "hydra_plugins.labsweep_optuna_sweeper.labsweep_optuna_sweeper.LabsweepOptunaSweeper"
     # The search space, in Hydra's sweep syntax: tag(log, interval(1e-4, 1e-1)), interval(a, b), choice(a, b), range(a, b).
-    params: Optional[Dict[str, str]] = None
+    params: Optional[dict[str, str]] = None
     n_trials: int = 30  # the study's total of completed trials: a relaunch runs only the ones it still lacks
     direction: str = "maximize"  # what the jobs return: validation accuracy (labsweep.job.run_job)
     storage: Optional[str] = None  # an RDB URL; null: sqlite optuna.db beside the MLflow store's database
