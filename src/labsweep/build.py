@@ -75,15 +75,18 @@ IMAGE_DATA: dict[str, Callable[[Any], ImageData]] = {"cifar100": _cifar100, "cif
 
 
 def build_data(cfg: ImageDatasetConfig) -> ImageData:
-    """The images the config names: files checked and class ids validated before any training."""
-    return IMAGE_DATA[cfg.name](cfg)
+    """The images the config names: files checked and class ids validated before any training; with
+    ``dataset.val_per_class``, a validation split carved out of the training images."""
+    from labsweep.validation import carve
+
+    return carve(IMAGE_DATA[cfg.name](cfg), cfg.val_per_class, cfg.val_seed)
 
 
 def load_test_split(cfg: ImageDatasetConfig) -> ImageData:
     """The dataset's test split without downloading anything (and only one training image per class read)."""
     if isinstance(cfg, (Cifar100Config, Cifar10Config)):
         cfg = dataclasses.replace(cfg, download=False, max_train_per_class=1)
-    return build_data(cfg)
+    return build_data(dataclasses.replace(cfg, val_per_class=None))
 
 
 # --------------------------------------------------------------------------- the model and its schedule
@@ -160,6 +163,7 @@ class Training:
     train: Split
     test: Split
     generators: list[torch.Generator]
+    val: Split | None = None  # the validation split (dataset.val_per_class): it then chooses the best epoch
 
     def fit(self, *, epochs: int, batch_size: int, log_metrics: Sequence[Any] | None = None,
             eval_batch_size: int = 2048, progress: bool = False, **resume: Any) -> list[FitResult]:  # fmt: skip
@@ -167,7 +171,7 @@ class Training:
         loggers = log_metrics if log_metrics is not None else [lambda m, s: None] * len(self.seeds)
         return fit(self.net, self.optimizer, self.train, self.test, epochs=epochs, batch_size=batch_size,
                    generators=self.generators, log_metrics=loggers, eval_batch_size=eval_batch_size,
-                   progress=progress, **resume)  # fmt: skip
+                   progress=progress, val=self.val, **resume)  # fmt: skip
 
     def single(self, k: int) -> Classifier:
         """Replica k as a standalone model (its current weights), normalising raw pixels itself."""
@@ -183,5 +187,10 @@ def build_training(spec: ModelSpec, optimizer: OptimizerConfig, data: ImageData,
         models.append(build_model(spec).to(device))
     net = replicate([m.net for m in models])
     train, test = to_splits(models[0], data, device)
+    val = None
+    if data.val_x is not None and data.val_y is not None:
+        with torch.no_grad():
+            val = Split(models[0].normalize(torch.from_numpy(data.val_x).to(device)).contiguous(),
+                        torch.from_numpy(data.val_y).to(device))  # fmt: skip
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    return Training(list(seeds), models, net, build_optimizer(optimizer, net.parameters()), train, test, generators)
+    return Training(list(seeds), models, net, build_optimizer(optimizer, net.parameters()), train, test, generators, val)

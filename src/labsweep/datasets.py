@@ -61,9 +61,12 @@ class ImageData:
     class_names: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # A validation split carved out of the training images (``labsweep.validation``); None when there is none.
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        for split in ("train", "test") + (("val",) if self.val_x is not None else ()):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPE or y.shape != (len(x),):
                 raise ValueError(

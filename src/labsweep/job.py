@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from labsweep import image_predictions, reports, resume
+from labsweep import image_predictions, reports, resume, validation
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
@@ -102,8 +102,10 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     resumed = resume.find(client(track.uri), track.experiment, replicas, training, enabled=trainer.resume)
     checkpoint_path = resume.place(resumed, launch.output_dir)
     seeds = ", ".join(str(r.seed) for r in replicas)
-    log.info("data: %s, classes %s, %d train / %d test images", data.name,
-             ", ".join(reports.target_names(data.class_ids, data.class_names)), len(data.train_y), len(data.test_y))  # fmt: skip
+    val_images = 0 if data.val_y is None else len(data.val_y)
+    log.info("data: %s, classes %s, %d train / %s%d test images", data.name,
+             ", ".join(reports.target_names(data.class_ids, data.class_names)), len(data.train_y),
+             f"{val_images} validation / " if val_images else "", len(data.test_y))  # fmt: skip
     log.info("model: %s on %s, %d parameters%s", notation(spec), device, sum(p.numel() for p in training.models[0].parameters()),
              f"; {len(replicas)} replicas (seeds {seeds})" if len(replicas) > 1 else "")  # fmt: skip
 
@@ -111,7 +113,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     name = run_name(config, launch, sweep.swept if sweep else (), schedule.epochs if schedule.derived else None)
     logged = [{**r.config, "trainer": {**r.config["trainer"], "epochs": schedule.epochs}} for r in replicas]
     derived = {"derived.iterations": schedule.iterations, "derived.train_images": len(data.train_y),
-               "derived.test_images": len(data.test_y)}  # fmt: skip
+               "derived.test_images": len(data.test_y)} | ({"derived.val_images": val_images} if val_images else {})  # fmt: skip
     inputs = dataset_inputs(config.dataset, data)  # the Dataset column of the UI
     with ExitStack() as stack:
         runs = []
@@ -140,6 +142,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         seconds = checkpoint.seconds()
         final_train = evaluate(training.net, training.train, trainer.eval_batch_size)
         final_test = evaluate(training.net, training.test, trainer.eval_batch_size)
+        final_val = evaluate(training.net, training.val, trainer.eval_batch_size) if training.val is not None else None
         test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
 
         # Write each replica's files, summary metrics and artifacts.
@@ -152,7 +155,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                 continue
             trained = TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k], final_test[k],
                                  schedule.epochs, test_set)  # fmt: skip
-            summary = summary_metrics(trained, seconds)
+            summary = summary_metrics(trained, seconds) | validation.summary_metrics(result, final_val[k] if final_val else None)
             summary |= write_run_files(out, trained, summary, device)
             run(summary, schedule.epochs)
             run.flush()
@@ -163,9 +166,11 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                 log_pytorch_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x,
                                   step=result.best_epoch, metadata=meta)  # fmt: skip
             summaries[replica.seed] = summary
-            log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f; lowest test loss at epoch %d (test acc %.4f)",
+            log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f%s; lowest %s loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],
-                     summary["final_test_acc"], summary["final_train_acc"], result.best_epoch, summary["best_test_acc"])  # fmt: skip
+                     summary["final_test_acc"], summary["final_train_acc"],
+                     f", validation acc {summary['final_val_acc']:.4f}" if final_val else "",
+                     "validation" if final_val else "test", result.best_epoch, summary["best_test_acc"])  # fmt: skip
         if all(r.diverged for r in results):
             raise results[0].diverged  # type: ignore[misc]  # every run ends FAILED with it
     for run, result in zip(runs, results, strict=True):
@@ -180,7 +185,7 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
     first = next(iter(summaries.values()))
     test_accs = [s["final_test_acc"] for s in summaries.values()]
     return first | {"test/acc": float(np.mean(test_accs)), "train/acc": first["final_train_acc"],
-                    "resumed": float(resumed is not None)}  # fmt: skip
+                    "resumed": float(resumed is not None)} | validation.objective(list(summaries.values()))  # fmt: skip
 
 
 def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) -> dict[str, float]:
@@ -211,8 +216,10 @@ def train_scratch(config: Config, launch: Launch, sweep: SweepContext | None) ->
 
 
 def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
-    """Run one job for the Hydra entrypoint; return the objective a Hydra sweeper would optimise.
-    ``typed_config`` turns the composed config into the typed one (a bad value raises ConfigError)."""
+    """Run one job for the Hydra entrypoint; return the objective a Hydra sweeper optimises (``sweep=tune``):
+    the validation accuracy with a validation split (mean over replicas), else the test accuracy (the
+    regression: train mse). ``typed_config`` turns the composed config into the typed one (a bad value
+    raises ConfigError)."""
     sweep = SweepContext.from_env(launch.job_num) if launch.multirun else None
     name = " ".join(launch.overrides) or "job"
     config: Config | None = None
@@ -243,7 +250,7 @@ def run_job(launch: Launch, typed_config: Callable[[], Config]) -> float:
         log.error("job %d (%s) failed: %s", launch.job_num, name, exc, exc_info=not explained)
         sweep.record("failed", name=name, reason=f"{type(exc).__name__}: {exc}")
         return float("nan")
-    objective: Any = result.get("test/acc", result.get("train/mse", float("nan")))
+    objective: Any = result.get("val/acc", result.get("test/acc", result.get("train/mse", float("nan"))))
     if sweep:
         sweep.record("finished", name=name, objective=objective, resumed=bool(result.get("resumed")))
     return float(objective)

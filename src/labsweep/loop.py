@@ -50,7 +50,7 @@ class Evaluation:
 @dataclass
 class FitResult:
     history: list[dict[str, float]]  # one dict of metrics per epoch
-    best_epoch: int = 0  # 1-based epoch with the lowest test loss: the course's overfitting point
+    best_epoch: int = 0  # 1-based epoch with the lowest test loss (validation loss, with a validation split)
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     diverged: DivergedError | None = None  # set when this replica's loss stopped being finite
@@ -118,28 +118,35 @@ def fit(
     progress: bool = True,
     resumed: tuple[int, list[FitResult]] | None = None,
     end_of_epoch: Callable[[int, list[FitResult]], None] | None = None,
+    val: Split | None = None,
 ) -> list[FitResult]:
     """Train every replica for ``epochs``, evaluating on ``test`` after each; keep each replica's weights
     at its lowest test loss. A replica whose train loss stops being finite is marked diverged: that
     epoch is logged (so the run shows where it went wrong), later ones are not; the loop stops at once
-    when every replica has diverged. ``resumed``: (epochs done, their results) of a run continued from its
-    resume checkpoint, whose state is already restored; ``end_of_epoch(epoch, results)`` follows each epoch."""
+    when every replica has diverged. With a validation split ``val`` (``labsweep.validation``) it is
+    evaluated after each epoch too, and the lowest *validation* loss chooses the best epoch. ``resumed``: (epochs
+    done, their results) of a run continued from its resume checkpoint, whose state is already restored;
+    ``end_of_epoch(epoch, results)`` follows each epoch."""
+    chooses = "val/loss" if val is not None else "test/loss"
     done, results = resumed or (0, [FitResult(history=[], last_finite_state=net.state(r)) for r in range(net.k)])
     bar = tqdm(range(done + 1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
     for epoch in bar:
         raise_if_stopped()  # a SIGTERM whose exception a callback swallowed during the last epoch
         train_stats = train_epoch(net, optimizer, train, batch_size, generators)
         test_evals = evaluate(net, test, eval_batch_size)
+        val_evals = evaluate(net, val, eval_batch_size) if val is not None else None
         for r, (result, metrics, test_eval) in enumerate(zip(results, train_stats, test_evals, strict=True)):
             if result.diverged:
                 continue
             metrics |= {"test/loss": test_eval.loss, "test/acc": test_eval.acc}
+            if val_evals is not None:
+                metrics |= {"val/loss": val_evals[r].loss, "val/acc": val_evals[r].acc}
             log_metrics[r](metrics, epoch)
             if not math.isfinite(metrics["train/loss"]):
                 result.diverged = DivergedError(epoch, metrics["train/loss"])
                 continue
             result.history.append(metrics)
-            if not result.best_metrics or test_eval.loss < result.best_metrics["test/loss"]:
+            if not result.best_metrics or metrics[chooses] < result.best_metrics[chooses]:
                 result.best_epoch, result.best_metrics = epoch, metrics
                 result.best_state = net.state(r)
             # The weights to keep if a later epoch diverges: a copy per epoch (about 20 us per Lab 1 replica).

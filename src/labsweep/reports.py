@@ -52,7 +52,8 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str
 
 
 def learning_curves_figure(history: Sequence[dict[str, float]], best_epoch: int) -> Figure:
-    """Lab 2's plot: loss and accuracy per epoch, train with its 25-75% band over batches, test as a line."""
+    """Lab 2's plot: loss and accuracy per epoch, train with its 25-75% band over batches, test (and the
+    validation split, if any) as a line."""
     epochs = np.arange(1, len(history) + 1)
     fig = Figure(figsize=(13, 4.5))
     for ax, what, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy", "accuracy"), strict=True):
@@ -62,7 +63,11 @@ def learning_curves_figure(history: Sequence[dict[str, float]], best_epoch: int)
             epochs, [h[f"train/{what}_q25"] for h in history], [h[f"train/{what}_q75"] for h in history], alpha=0.3
         )
         ax.plot(epochs, [h[f"test/{what}"] for h in history], label="test")
-        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"lowest test loss (epoch {best_epoch})")
+        chosen_by = "test"
+        if history and f"val/{what}" in history[0]:  # a validation split (labsweep.validation) chose the best epoch
+            ax.plot(epochs, [h[f"val/{what}"] for h in history], label="validation")
+            chosen_by = "validation"
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"lowest {chosen_by} loss (epoch {best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

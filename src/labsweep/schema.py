@@ -240,6 +240,13 @@ class VariantRuleConfig:
                 raise ConfigError(f"dataset.rule.streams.{name} must set exactly one of variant (an offset) or fixed (a class id)")
 
 
+def _check_validation_split(dataset: Any) -> None:
+    """``dataset.val_per_class``: images per class moved from the training set into a validation split
+    (``labsweep.validation``); whether the training set has that many is checked once it is loaded."""
+    if dataset.val_per_class is not None:
+        positive_int(dataset.val_per_class, "dataset.val_per_class (or null: no validation split)")
+
+
 @dataclass
 class CifarFilesConfig:
     """What both CIFAR datasets share: where the official files are, which classes, how they are checked."""
@@ -252,11 +259,14 @@ class CifarFilesConfig:
     url: str = MISSING
     max_train_per_class: Optional[int] = None  # cap images per class (null: all)
     max_test_per_class: Optional[int] = None
+    val_per_class: Optional[int] = None  # a validation split carved out of the training images (null: none)
+    val_seed: int = 0  # which training images it takes: its own seed, the same for every training seed
 
     def __post_init__(self) -> None:
         for key in ("max_train_per_class", "max_test_per_class"):
             if getattr(self, key) is not None:
                 positive_int(getattr(self, key), f"dataset.{key} (or null)")
+        _check_validation_split(self)
 
 
 @dataclass
@@ -289,12 +299,15 @@ class SyntheticConfig:
     train_per_class: int = 300
     test_per_class: int = 100
     seed: int = 0  # the data's own seed, independent of the training seed
+    val_per_class: Optional[int] = None  # a validation split carved out of the training images (null: none)
+    val_seed: int = 0  # which training images it takes: its own seed, the same for every training seed
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ConfigError(f"dataset.num_classes must be an integer >= 2, got {self.num_classes}")
         positive_int(self.train_per_class, "dataset.train_per_class")
         positive_int(self.test_per_class, "dataset.test_per_class")
+        _check_validation_split(self)
 
 
 @dataclass

@@ -28,10 +28,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from labsweep import signals, tracking
+from labsweep import signals, tracking, tuning
 from labsweep.atomic import write_text
 from labsweep.mlflow_ui import where_to_look
 from labsweep.runs import source_tags
+from labsweep.schema import ConfigError
 from labsweep.tracking import TrackingError, check_tracking, experiment_id, retry_locked
 
 log = logging.getLogger("labsweep.sweep")
@@ -114,7 +115,11 @@ def study_title(config: DictConfig) -> str:
 
 
 def sweep_id(config: DictConfig) -> str:
-    """The same command gives the same id: relaunching a sweep continues it."""
+    """The same command gives the same id: relaunching a sweep continues it. A tuning study's launches
+    (``sweep=tune``) are one sweep whatever their ``n_trials``; its checks (``labsweep.tuning.plan``) run here,
+    before the parent run exists."""
+    if tuning.is_tuning(config):
+        return tuning.plan(config).sweep_id
     hc = config.hydra
     what = {
         "overrides": sorted(task_overrides(config)),
@@ -145,7 +150,7 @@ class SweepCallback(Callback):
         ends the command: exit status 2 for a store the user must fix, 1 for anything else."""
         try:
             self._start(config)
-        except TrackingError as exc:
+        except (TrackingError, ConfigError) as exc:  # a store or a tuning study the user must fix
             log.error("%s", exc)
             raise SystemExit(2) from None
         except Exception as exc:

@@ -61,6 +61,11 @@ class Row:
     comparison: Comparison | None = None  # against the baseline (None for the baseline itself)
     not_compared: str = ""  # why there is no comparison
     first_job_failed: bool = False  # baseline only: an earlier job of the study (its intended baseline) failed
+    val: list[float] = field(default_factory=list)  # per seed: the final validation accuracy (dataset.val_per_class)
+    best_by: str = "test"  # the split whose lowest loss chose the best epoch: "validation" with a validation split
+    study: str = ""  # the tuning study (sweep=tune) the row is a trial of
+    own_values: bool = False  # a tuning baseline that is the configuration's own values (the study's enqueued trial 0)
+    tuning_trials: int = 0  # baseline of a tuning table only: how many trial rows the study has in all
 
     @property
     def n(self) -> int:
@@ -91,14 +96,23 @@ def _predictions(client, run_id: str, folder: Path) -> image_predictions.Predict
         return None
 
 
-def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]:  # type: ignore[no-untyped-def]
-    """Group the experiment's finished runs (of one sweep, if given) into rows and write their comments."""
+TOP = 5  # a tuning study's table: its best trials shown beside the baseline
+
+
+def build_rows(client, experiment: str, sweep: str | None = None, top: int = TOP) -> list[Row]:  # type: ignore[no-untyped-def]
+    """Group the experiment's finished runs (of one sweep, if given) into rows and write their comments. A tuning
+    study (``sweep=tune``; without ``sweep``, the experiment's latest) is shown as its baseline, its ``top`` trials
+    by validation accuracy and its confirmation on fresh seeds (``tuning_rows``)."""
     import tempfile
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file a run: no progress bars
     rows: dict[str, Row] = {}
+    finished = _fetch_runs(client, experiment, sweep)
+    study, sweep, baseline_trial = _tuning_study(client, finished, sweep)
+    if study:
+        finished = [r for r in finished if r.data.tags.get("sweep_id") == sweep]
     with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
-        for run in _fetch_runs(client, experiment, sweep):
+        for run in finished:
             tags, metrics, params = run.data.tags, current_names(run.data.metrics), run.data.params
             key = tags.get("config_hash") or run.info.run_id
             metric = "acc" if ("final_test_acc" in metrics or "test/acc" in metrics) else "mse"
@@ -113,6 +127,10 @@ def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]: 
                 if "best_test_acc" in metrics:
                     row.best_test.append(metrics["best_test_acc"])
                     row.best_epoch.append(metrics["best_epoch"])
+                if "final_val_acc" in metrics:
+                    row.val.append(metrics["final_val_acc"])
+                if "best_val_loss" in metrics:
+                    row.best_by = "validation"
                 found = _predictions(client, run.info.run_id, Path(tmp) / run.info.run_id)
                 if found is None:
                     row.missing_predictions += 1
@@ -132,10 +150,56 @@ def build_rows(client, experiment: str, sweep: str | None = None) -> list[Row]: 
             if run.data.tags.get("config_hash") in rows:
                 rows[run.data.tags["config_hash"]].failed += 1
     ordered = sorted(rows.values(), key=lambda r: r.order)
+    if study:
+        ordered = tuning_rows(ordered, study, top)
+        if ordered and baseline_trial is not None and ordered[0].order[0] == baseline_trial:
+            ordered[0].own_values = True
     if ordered:
         write_comments(ordered, baseline=ordered[0])
         ordered[0].first_job_failed = earliest_failure < ordered[0].order[0]
     return ordered
+
+
+def _tuning_study(client, runs: Sequence, sweep: str | None) -> tuple[str, str | None, int | None]:  # type: ignore[no-untyped-def]
+    """(study name, its sweep id, its baseline trial's number) when ``runs`` hold a tuning study's trials (their
+    parent run says so): the study of ``sweep``, else the latest one; ("", ``sweep``, None) otherwise."""
+    studies: dict[str, tuple[int, str]] = {}  # sweep id -> (start time, study name)
+    baselines: dict[str, int] = {}
+    for parent in {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}:
+        try:
+            found = client.get_run(parent)
+        except Exception:  # a deleted parent run
+            continue
+        name, sid = found.data.tags.get("labsweep.study"), found.data.tags.get("sweep_id")
+        if name and sid and (sweep is None or sid == sweep):
+            studies[sid] = max(studies.get(sid, (0, name)), (found.info.start_time or 0, name))
+            if found.data.tags.get("labsweep.study.baseline_trial", "").isdigit():
+                baselines[sid] = int(found.data.tags["labsweep.study.baseline_trial"])
+    if not studies:
+        return "", sweep, None
+    latest = max(studies, key=lambda sid: studies[sid][0])
+    if sweep is None and len(studies) > 1:
+        others = ", ".join(f"--sweep {sid} ({studies[sid][1]})" for sid in studies if sid != latest)
+        print(f"labsweep-table: showing the latest tuning study, {studies[latest][1]}; the experiment has others: {others}",
+              file=sys.stderr)  # fmt: skip
+    return studies[latest][1], latest, baselines.get(latest)
+
+
+def tuning_rows(rows: Sequence[Row], study: str, top: int) -> list[Row]:
+    """A tuning study's rows as its table shows them: the baseline (its first trial: the configuration's own
+    values), the ``top`` trials with the highest validation accuracy, and the best one confirmed on fresh seeds."""
+    confirmations = [r for r in rows if r.params.get("arm") == "confirmation"]
+    trials = [r for r in rows if r not in confirmations]
+    confirmations = sorted(confirmations, key=lambda r: r.order[1])[-1:]  # of the latest best trial
+    for row in rows:
+        row.study = study
+    if not trials:
+        return list(confirmations)
+    baseline, rest = trials[0], trials[1:]
+    baseline.tuning_trials = len(trials)
+    # By validation accuracy; a study run without a validation split (it warned) can only be ranked by its test accuracy.
+    best = sorted((r for r in rest if r.val or r.test), key=lambda r: -statistics.fmean(r.val or r.test))[:top]
+    return [baseline, *best, *confirmations]
 
 
 def _ratio(a: float, b: float, what: str) -> str:
@@ -171,7 +235,9 @@ def describe_change(base: dict[str, str], row: dict[str, str]) -> list[str]:
             changes.append(f"layers {len(a)} → {len(b)}" + (f" ({b})" if len(set(b)) > 1 else ""))
         else:
             changes.append(f"hidden {', '.join(map(str, a))} → {', '.join(map(str, b))}")
-    if "arm" in differs:
+    if "arm" in differs and row.get("arm") == "confirmation":
+        changes.append("confirmation: the best trial again, on fresh seeds")
+    elif "arm" in differs:
         changes.append(f"{row.get('arm')}: the same configuration, other seeds" if base.get("arm") in (None, "None")
                        else f"arm {base.get('arm')} → {row.get('arm')}")  # fmt: skip
     if "pooling.name" in differs:
@@ -226,10 +292,19 @@ def write_comments(rows: Sequence[Row], baseline: Row) -> None:
         change = ", ".join(describe_change(baseline.params, row.params)) or "same hyperparameters"
         row.comparison, row.not_compared = compare(baseline, row)
         row.comment = f"{change}; " + (describe_comparison(row.comparison, row.metric) if row.comparison else row.not_compared)
+        if row.study and row.params.get("arm") != "confirmation":
+            row.comment = f"{trial_label(row)}: {row.comment}"
         if row.failed:
             row.comment += f" ({row.failed} FAILED seed{'s' if row.failed > 1 else ''} counted out)"
+    if baseline.study:
+        baseline.comment = f"baseline ({trial_label(baseline)}" + (": the configuration's own values)" if baseline.own_values else ")")
     if baseline.failed:
         baseline.comment += f" ({baseline.failed} FAILED seed{'s' if baseline.failed > 1 else ''} counted out)"
+
+
+def trial_label(row: Row) -> str:
+    """``trial 7``: a tuning row's trial number (its job number)."""
+    return f"trial {row.order[0]:.0f}" if math.isfinite(row.order[0]) else "trial ?"
 
 
 def hyperparameters(params: dict[str, str]) -> str:
@@ -256,15 +331,16 @@ def accuracy(row: Row) -> str:
     if row.metric == "mse":
         mean, std = mean_std(row.test)
         return f"mse = {mean:.4g}" + (f" ± {std:.2g}" if row.n > 1 else "") + f" (n={row.n})"
-    text = f"test = {pct(row.test)}, train = {pct(row.train)} (n={row.n})"
+    text = f"test = {pct(row.test)}, train = {pct(row.train)}" + (f", validation = {pct(row.val)}" if row.val else "") + f" (n={row.n})"
     if row.best_test:
-        text += f"; best epoch {statistics.median(row.best_epoch):.0f}: test = {pct(row.best_test)}"
+        by = " (lowest validation loss)" if row.best_by == "validation" else ""
+        text += f"; best epoch {statistics.median(row.best_epoch):.0f}{by}: test = {pct(row.best_test)}"
     return text
 
 
 CSV_COLUMNS = ["network", "hyperparameters", "test_mean", "test_std", "train_mean", "train_std", "n",
                "best_epoch_median", "best_test_mean", "delta_test_acc", "ci_low", "ci_high", "p_value", "verdict",
-               "n_seeds", "n_test", "method", "comment", "config_hash"]  # fmt: skip
+               "n_seeds", "n_test", "method", "comment", "config_hash", "val_mean", "best_epoch_by"]  # fmt: skip
 
 
 def render(rows: Sequence[Row], fmt: str = "md") -> str:
@@ -280,7 +356,8 @@ def render(rows: Sequence[Row], fmt: str = "md") -> str:
             writer.writerow([r.notation, hyperparameters(r.params), f"{test[0]:.6g}", f"{test[1]:.6g}", f"{train[0]:.6g}",
                              f"{train[1]:.6g}", r.n, statistics.median(r.best_epoch) if r.best_epoch else "",
                              f"{best[0]:.6g}" if r.best_test else "", *stats_cols, r.n, r.test_size or "",
-                             c.method if c else "", r.comment, r.key])  # fmt: skip
+                             c.method if c else "", r.comment, r.key, f"{mean_std(r.val)[0]:.6g}" if r.val else "",
+                             r.best_by])  # fmt: skip
         return out.getvalue()
     lines = ["| Network configuration | Hyperparameters | Accuracy | Comment |", "|---|---|---|---|"]
     lines += [f"| {r.notation} | {hyperparameters(r.params)} | {accuracy(r)} | {r.comment} |" for r in rows]
@@ -289,7 +366,7 @@ def render(rows: Sequence[Row], fmt: str = "md") -> str:
 
 
 NOTE = ("Accuracy: mean ± std over n seeds at the last epoch; best epoch: the median epoch with the lowest test "
-        "loss, and the test accuracy there. Comment: the change against the baseline (first row), the difference "
+        "loss (validation loss where a row has a validation split), and the test accuracy there. Comment: the change against the baseline (first row), the difference "
         "in mean test accuracy with its 95% confidence interval, paired by test image (a new set of test images "
         "of these classes, and new seeds, would give a difference inside it 95 times in 100), the p-value for "
         "no difference, and the verdict: better or worse when the interval excludes 0, else within noise.")
@@ -316,6 +393,17 @@ def footnotes(rows: Sequence[Row]) -> list[str]:
     if any(r.not_compared.startswith("not compared") for r in rows):
         notes.append("Rows whose test images are not the baseline's are not compared: a difference between them would "
                      "mix the change with the test set.")  # fmt: skip
+    if any(r.best_by == "validation" for r in rows):
+        notes.append("Validation: images carved out of the row's training images (dataset.val_per_class); where it "
+                     "chose the best epoch, the test accuracy there is measured, not chosen.")  # fmt: skip
+    if rows and rows[0].study:
+        base = rows[0]
+        shown = sum(1 for r in rows[1:] if r.params.get("arm") != "confirmation")
+        notes.append(f"Tuning study {base.study}: the baseline (its first finished trial), the "
+                     f"{shown} of its {max(base.tuning_trials - 1, 0)} other finished trials with the highest validation "
+                     "accuracy, and the best trial again on fresh seeds (confirmation). The validation images chose the "
+                     "trials; the test images chose nothing. Picking the best of many trials by a noisy validation score "
+                     "favours lucky ones: the confirmation row, on seeds no trial used, is the number to report.")  # fmt: skip
     if rows and rows[0].first_job_failed:
         notes.append("The study's first job, its intended baseline, has no FINISHED run: rows are compared with the "
                      "first configuration that finished.")  # fmt: skip
@@ -372,13 +460,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="write the table to this file (default: print it); the plot goes beside it as .png")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="markdown (default) or CSV")
+    parser.add_argument("--top", type=int, default=TOP,
+                        help=f"a tuning study (sweep=tune): how many of its best trials to show (default {TOP})")
     args = parser.parse_args(argv)
 
     from labsweep import tracking  # imported here: --help stays fast
 
     client = tracking.client(args.tracking_uri)  # a brand-new store is set up under a lock
     tracking.close_abandoned_runs(client, args.experiment)  # runs a killed process left RUNNING: say so, close them
-    rows = build_rows(client, args.experiment, args.sweep)
+    rows = build_rows(client, args.experiment, args.sweep, args.top)
     if not rows:
         print(f"labsweep-table: no FINISHED runs in experiment {args.experiment!r}"
               + (f" for sweep {args.sweep}" if args.sweep else ""), file=sys.stderr)  # fmt: skip
