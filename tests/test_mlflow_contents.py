@@ -59,6 +59,7 @@ def test_the_printed_addresses_open_the_model_training_view() -> None:
     (["sweep=[batch_size,seeds]", "dataset=synthetic"], [], "batch_size · 4 configurations × 3 seeds"),
     (["experiment=smoke"], ["optimizer.lr=0.01,0.05", "model.hidden=[5],[10],[20]"], "smoke · 6 configurations × 1 seed"),
     (["dataset=synthetic"], ["optimizer.lr=0.01,0.05", "seed=0,1,2"], "lr · 2 configurations × 3 seeds"),
+    (["experiment=lab1_tune"], [], "lab1_tune · 30 trials × 1 seed"),
 ])  # fmt: skip
 def test_a_sweeps_parent_run_is_named_for_its_study(compose_cfg, overrides: list[str], command_line_sweeps: list[str],
                                                      title: str) -> None:  # fmt: skip

@@ -82,7 +82,8 @@ def swept_keys(config: DictConfig) -> tuple[str, ...]:
 
 
 def _value_counts(config: DictConfig) -> dict[str, int | None]:
-    """How many values each swept key takes (None where it cannot be told before the sweep: ``glob(...)``)."""
+    """How many values each swept key takes (None where it cannot be told before the sweep: ``glob(...)``, a
+    sweeper's own ranges)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.to_container(config.hydra.sweeper.params) if config.hydra.sweeper.get("params") else {}
@@ -92,7 +93,7 @@ def _value_counts(config: DictConfig) -> dict[str, int | None]:
         if override.is_sweep_override():
             try:
                 counts[override.key_or_group.lstrip("+~")] = len(list(override.sweep_string_iterator()))
-            except Exception:  # a glob needs the config loader
+            except Exception:  # a glob needs the config loader; an interval has no count
                 counts[override.key_or_group.lstrip("+~")] = None
     return counts
 
@@ -104,13 +105,18 @@ def _plural(count: int, word: str) -> str:
 def study_title(config: DictConfig) -> str:
     """The parent run's name: the study (the experiment preset, else the swept keys) and its size, e.g.
     ``lab1 · 10 configurations × 5 seeds`` or ``batch_size × lr · 8 configurations × 1 seed``."""
-    counts = _value_counts(config)
+    try:
+        counts = _value_counts(config)
+    except Exception:  # a sweeper's own parameter syntax: the name does without the counts
+        counts = {}
     seeds = counts.pop("seed", 1)
     replicas = config.trainer.get("replicas", 1) if "trainer" in config else 1
     choices = config.hydra.runtime.get("choices", {}) if "runtime" in config.hydra else {}
     study = choices.get("experiment") or " × ".join(k.rsplit(".", 1)[-1] for k in counts) or "seeds"
     configurations = math.prod(c for c in counts.values() if c) if all(counts.values()) else None
     size = (_plural(configurations, "configuration") if configurations is not None else "configurations")
+    if config.hydra.sweeper.get("n_trials") is not None:  # sweep=tune: a study of trials
+        size = _plural(int(config.hydra.sweeper.n_trials), "trial")
     return f"{study} · {size} × {_plural(int(seeds or 1) * int(replicas or 1), 'seed')}"
 
 
