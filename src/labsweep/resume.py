@@ -208,7 +208,8 @@ def place(resumed: Resumed | None, output_dir: Path) -> Path:
 
 def _result(r: FitResult) -> dict[str, Any]:
     # The loop replaces best_state and last_finite_state with fresh copies instead of changing them: kept by reference.
-    return {"history": list(r.history), "best_epoch": r.best_epoch, "best_metrics": r.best_metrics,
+    # The history only grows: its length now is its state now (copied when written, not every epoch).
+    return {"history": (r.history, len(r.history)), "best_epoch": r.best_epoch, "best_metrics": r.best_metrics,
             "best_state": r.best_state, "last_finite_epoch": r.last_finite_epoch,
             "last_finite_state": r.last_finite_state,
             "diverged": [r.diverged.epoch, r.diverged.loss] if r.diverged else None}  # fmt: skip
@@ -283,7 +284,8 @@ class Checkpointer:
         for group, settings in zip(self.training.optimizer.param_groups, state["param_groups"], strict=True):
             groups.append(settings | {"params": list(range(first, first + len(group["params"])))})
             first += len(group["params"])
-        rest = {k: v for k, v in state.items() if k not in ("where", "tensors", "plain", "param_groups")}
+        rest = {k: v for k, v in state.items() if k not in ("where", "tensors", "plain", "param_groups", "results")}
+        rest["results"] = [r | {"history": r["history"][0][: r["history"][1]]} for r in state["results"]]
         net = {k: copies[k] if k in copies else v.detach().clone() for k, v in self.net_tensors.items()}
         return self.identity | rest | {"net": net,
                                        "optimizer": {"state": dict(sorted(optimizer.items())), "param_groups": groups}}  # fmt: skip
