@@ -159,6 +159,7 @@ def test_a_sweep_in_the_mlflow_ui(tmp_path: Path, mlflow_ui: Callable[[str], str
         lines = [line.strip() for line in page.locator("body").inner_text().splitlines() if line.strip()]
         sections = [line for line, after in zip(lines, lines[1:]) if re.fullmatch(r"\(\d+\)", after)]  # "test", "(2)"
         assert sections[:2] == ["test", "train"], sections  # the learning curves first; the summaries come last
+        page.get_by_text("Step", exact=True).first.wait_for()  # the charts drawn (an axis title), not their spinners
         page.screenshot(path=shots / "5-child-metrics.png")
 
         # 4. The experiment's Models tab lists the four runs' models.
