@@ -67,3 +67,37 @@ def test_a_sweeps_parent_run_is_named_for_its_study(compose_cfg, overrides: list
     with open_dict(config):  # what Hydra records of `labsweep-train ... optimizer.lr=0.01,0.05 -m`
         config.hydra.overrides.task.extend(command_line_sweeps)
     assert study_title(config) == title
+
+
+def test_two_jobs_logging_the_same_dataset_at_once_both_link_it(make_config) -> None:
+    """A tracking server checks for a dataset, then inserts it: two parallel jobs can both find it missing,
+    and the second insert fails the store's unique constraint. The second job links the existing row."""
+    from mlflow.exceptions import MlflowException
+
+    from labsweep.logged_data import dataset_inputs
+    from labsweep.tracking import RunLogger
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment("t-dataset-race")
+    inputs = dataset_inputs(make_config().dataset, make_synthetic(train_per_class=60, test_per_class=20))
+    first, second = (client.create_run(experiment_id).info.run_id for _ in range(2))
+    RunLogger(client, first).log_inputs(inputs)
+
+    class LostTheRace:  # the server's answer to the second job's insert, once
+        raised = False
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(client, name)
+
+        def log_inputs(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            if not LostTheRace.raised:
+                LostTheRace.raised = True
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                      "datasets.name, datasets.digest")  # fmt: skip
+            client.log_inputs(*args, **kwargs)
+
+    RunLogger(LostTheRace(), second).log_inputs(inputs)  # type: ignore[arg-type]
+    assert LostTheRace.raised
+    for run_id in (first, second):
+        linked = client.get_run(run_id).inputs.dataset_inputs
+        assert sorted(i.tags[0].value for i in linked) == ["testing", "training"]

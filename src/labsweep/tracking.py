@@ -49,6 +49,16 @@ def _is_locked(exc: BaseException) -> bool:
     return "database is locked" in str(exc) or "database is locked" in str(getattr(exc, "message", ""))
 
 
+DATASET_RACE_RETRIES = 3
+# How SQLite, PostgreSQL and MySQL word a unique-constraint violation (a row another writer inserted first).
+_DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
+def _is_duplicate_row(exc: BaseException) -> bool:
+    text = f"{exc} {getattr(exc, 'message', '')}"
+    return any(words in text for words in _DUPLICATE_ROW)
+
+
 def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``call(*args, **kwargs)``, retried with backoff while SQLite reports "database is locked"
     (MLflow waits up to 20 s for the lock itself; parallel jobs on a slow disk can wait longer)."""
@@ -247,8 +257,18 @@ class RunLogger:
             retry_locked(self.client.log_batch, self.run_id, tags=items[i : i + MAX_TAGS], synchronous=True)
 
     def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
-        """The data the run used (``labsweep.logged_data``): the UI's Dataset column."""
-        retry_locked(self.client.log_inputs, self.run_id, datasets=list(datasets))
+        """The data the run used (``labsweep.logged_data``): the UI's Dataset column.
+
+        A store records each (experiment, name, digest) dataset once, checking for it before it inserts it; two
+        parallel jobs logging the same variant can both find it missing, and the second insert then fails its
+        unique constraint. The dataset exists by then, so the call is made again and links it."""
+        for attempt in range(DATASET_RACE_RETRIES + 1):
+            try:
+                return retry_locked(self.client.log_inputs, self.run_id, datasets=list(datasets))
+            except MlflowException as exc:
+                if not _is_duplicate_row(exc) or attempt == DATASET_RACE_RETRIES:
+                    raise
+                log.info("dataset input was logged by a parallel job at the same moment; linking it instead")
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
