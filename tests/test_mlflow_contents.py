@@ -37,6 +37,12 @@ def test_a_run_logs_its_data_as_datasets_and_its_best_model(make_config, run_tra
     model = client.get_logged_model(output.model_id)
     assert model.experiment_id == run.info.experiment_id and model.source_run_id == run.info.run_id
     assert output.step == run.data.metrics["best_epoch"]
+    # The best epoch's metrics are linked to the model (the Models tab shows them), not logged a second time.
+    linked = {m.key: m.value for m in model.metrics}
+    assert linked["test/loss"] == run.data.metrics["best_test_loss"] and linked["train/acc"] == run.data.metrics["best_train_acc"]
+    best_steps = [m for m in client.get_metric_history(run.info.run_id, "test/loss") if m.step == output.step]
+    assert len(best_steps) == 1
+    assert model.params["optimizer.lr"] == run.data.params["optimizer.lr"]
     logits = mlflow.pyfunc.load_model(f"models:/{output.model_id}").predict(data.test_x.astype(np.float32))
     assert (logits.argmax(1) == data.test_y).mean() == pytest.approx(run.data.metrics["best_test_acc"])
 

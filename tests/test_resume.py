@@ -7,6 +7,7 @@ and resumes."""
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 import signal
@@ -22,6 +23,7 @@ from test_reliability_faults import TINY, child_runs, running, start, steps, wai
 
 from labsweep import resume, tracking
 from labsweep.build import build_data, build_training, model_spec
+from labsweep.loop import BANDS
 from labsweep.runs import Replica
 from labsweep.schema import AdamConfig, VGGConfig
 from labsweep.signals import Terminated
@@ -65,8 +67,11 @@ def assert_trained_as(run_id: str, out: Path, training: Any, k: int, want: Any) 
     """The run's metrics at every epoch (each logged once), its best epoch, its final and best weights are those
     of the uninterrupted training's replica ``k``, bit for bit."""
     got = histories(run_id)
-    per_epoch = {key: [(epoch, m[key]) for epoch, m in enumerate(want.history, start=1)] for key in want.history[0]}
+    per_epoch = {key: [(epoch, m[key]) for epoch, m in enumerate(want.history, start=1)]
+                 for key in want.history[0] if key not in BANDS}  # fmt: skip
     assert {key: got[key] for key in per_epoch} == per_epoch
+    with open(out / "history.csv", newline="") as f:  # every epoch's metrics, the bands included
+        assert [{k: float(v) for k, v in row.items() if k != "epoch"} for row in csv.DictReader(f)] == want.history
     assert got["best_epoch"] == [(len(want.history), float(want.best_epoch))]
     last = torch.load(out / "checkpoint_last.pt", weights_only=True)["state_dict"]
     final = training.single(k).state_dict()

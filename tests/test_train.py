@@ -3,6 +3,8 @@ reproducibility, and the errors a user gets before any run is created."""
 
 from __future__ import annotations
 
+import csv
+
 from pathlib import Path
 
 import pytest
@@ -31,8 +33,15 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(make_config, run_trai
     assert run.data.params["trainer.epochs"] == "3" and run.data.params["optimizer.lr"] == "0.005"
     assert run.data.params["model.hidden"] == "[10]"
     assert run.data.tags["choice.model"] == "mlp" and run.data.tags["notation"] == "FC(10), FC(3)"
-    for key in ("train/loss", "train/acc", "test/loss", "test/acc", "train/loss_q25", "train/acc_q75"):
+    for key in ("train/loss", "train/acc", "test/loss", "test/acc"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+    # The batch percentiles (Lab 2's bands) stay in the run's files unless tracking.log_bands=true.
+    assert "train/loss_q25" not in run.data.metrics
+    with open(tmp_path / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert [row["epoch"] for row in history] == ["1", "2", "3"]
+    assert float(history[2]["train/loss"]) == client.get_metric_history(run.info.run_id, "train/loss")[2].value
+    assert float(history[0]["train/loss_q25"]) <= float(history[0]["train/loss_q75"])
     for key in ("best_epoch", "best_test_acc", "final_train_acc", "final_test_acc", "test_f1_0_synthetic-0"):
         assert key in run.data.metrics
     assert run.data.metrics["final_test_acc"] == pytest.approx(summary["test/acc"])
@@ -40,7 +49,7 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(make_config, run_trai
     expected = {"config.yaml", "model_summary.txt", "learning_curves.png", "first_layer_weights.png",
                 "classification_report_train.txt", "classification_report_test.txt", "confusion_matrix_test.png",
                 "checkpoint_best.pt", "checkpoint_last.pt", "model_best_full.pt", "metrics.json",
-                "test_predictions.json"}  # fmt: skip
+                "test_predictions.json", "history.csv"}  # fmt: skip
     assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert expected <= {p.name for p in tmp_path.iterdir()}
     report = (tmp_path / "classification_report_test.txt").read_text()

@@ -23,7 +23,7 @@ from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
 from labsweep.logged_data import dataset_inputs
-from labsweep.loop import DivergedError, evaluate
+from labsweep.loop import BANDS, DivergedError, evaluate
 from labsweep.mlflow_ui import where_to_look
 from labsweep.mlflow_model import log_pytorch_model
 from labsweep.models import notation
@@ -124,7 +124,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             run = stack.enter_context(tracked_run(track.uri, track.experiment, name if len(replicas) == 1 else
                                                   replica_name(name, replica.seed), tags,
                                                   parent_run_id=sweep.parent_run_id if sweep else None,
-                                                  run_id=resumed.run_ids[k] if resumed else None))  # fmt: skip
+                                                  run_id=resumed.run_ids[k] if resumed else None,
+                                                  omit=() if track.log_bands else BANDS))  # fmt: skip
             run.log_params(flatten(params) | derived)
             run.log_inputs(inputs)
             if track.system_metrics:
@@ -163,8 +164,10 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             if track.log_models:  # the best epoch's model (write_run_files left those weights in it)
                 meta = {"class_ids": list(data.class_ids), "class_names": list(data.class_names),
                         "notation": notation(spec), "epoch": result.best_epoch}  # fmt: skip
+                best_rows = run.logged_metrics(list(result.best_metrics), result.best_metrics, result.best_epoch)
                 log_pytorch_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x,
-                                  step=result.best_epoch, metadata=meta)  # fmt: skip
+                                  step=result.best_epoch, metadata=meta, params=flatten(logged[k]) | derived,
+                                  metrics=best_rows)  # fmt: skip
             summaries[replica.seed] = summary
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f%s; lowest %s loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],

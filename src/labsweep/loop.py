@@ -21,6 +21,10 @@ from labsweep.replicas import Replicas
 from labsweep.signals import raise_if_stopped
 
 
+# The 25/75th percentiles over an epoch's batches (Lab 2's bands around the train curves): in every epoch's metrics.
+BANDS = ("train/loss_q25", "train/loss_q75", "train/acc_q25", "train/acc_q75")
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 

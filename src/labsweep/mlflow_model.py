@@ -18,13 +18,14 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.entities import Metric
 
 from labsweep.mlflow_store import first_line
 from labsweep.onnx_export import INPUT, OUTPUT, ExportError
@@ -151,15 +152,22 @@ def log_onnx_model(
 
 
 def log_pytorch_model(uri: str, experiment_id: str, run_id: str, model: Any, images: np.ndarray, *, step: int,
-                      metadata: Mapping[str, Any]) -> Logged:  # fmt: skip
+                      metadata: Mapping[str, Any], params: Mapping[str, Any], metrics: Sequence[Metric]) -> Logged:  # fmt: skip
     """Log ``model`` (a ``labsweep.models.Classifier``) to run ``run_id`` as the MLflow Model ``model``, with the
-    first EXAMPLE_IMAGES raw uint8 NHWC ``images`` as input example; its run's metrics at ``step`` (the best
-    epoch) are linked to it."""
+    first EXAMPLE_IMAGES raw uint8 NHWC ``images`` as input example, the run's ``params``, and its ``metrics``
+    at ``step`` (the best epoch: the rows the run logged, so that they are linked, not logged again).
+
+    ``mlflow.pytorch.log_model(run_id=...)`` would link the step's metrics itself by reading back the whole
+    history of every metric of the run (0.5 s a run for 1,000 epochs, measured: scripts/bench.py (f)); the
+    model is created for the run first and the run's output and metrics are linked to it here instead."""
     import copy
 
+    import mlflow
     import mlflow.pytorch
     import torch
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     example = np.ascontiguousarray(images[:EXAMPLE_IMAGES], dtype=np.float32)
@@ -170,12 +178,18 @@ def log_pytorch_model(uri: str, experiment_id: str, run_id: str, model: Any, ima
     pickle_warning.setLevel(logging.ERROR)
     with fluent_store(uri, experiment_id), contextlib.ExitStack() as restore:
         restore.callback(pickle_warning.setLevel, level)
+        created = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id,
+                                                 params={k: str(v) for k, v in params.items()})  # fmt: skip
         info = mlflow.pytorch.log_model(
-            cpu_model, name="model", run_id=run_id, step=step, signature=infer_signature(example, logits),
+            cpu_model, name="model", model_id=created.model_id, signature=infer_signature(example, logits),
             input_example=example, metadata=dict(metadata),
             serialization_format="pickle",  # the default, torch.export, fixes the batch size of the example
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "labsweep"],
         )  # fmt: skip
+    client = MlflowClient(uri)
+    client.log_outputs(run_id, models=[LoggedModelOutput(created.model_id, step=step)])
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=created.model_id, run_id=run_id) for m in metrics]
+    client.log_batch(run_id, metrics=linked)  # rows the run has already: only the model's link is new
     return Logged(info.model_uri, info.model_id, "model")
 
 

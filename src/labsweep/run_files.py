@@ -1,10 +1,13 @@
 """Everything a trained classifier run leaves in its folder (and so in its MLflow artifacts): the
 resolved config, a model summary, classification reports and confusion matrices, learning curves,
-Lab 1's first-layer weights, two self-describing checkpoints, Lab 2's whole-model file, metrics.json, and
-the per-image test predictions the results table pairs runs with (``test_predictions.json``)."""
+Lab 1's first-layer weights, every epoch's metrics (``history.csv``), two self-describing checkpoints, Lab 2's
+whole-model file, metrics.json, and the per-image test predictions the results table pairs runs with
+(``test_predictions.json``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,16 @@ def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
     }  # fmt: skip
 
 
+def history_csv(history: list[dict[str, float]]) -> str:
+    """Every epoch's metrics, one row per epoch (the values exactly as computed: MLflow gets the same numbers)."""
+    keys = list(history[0]) if history else []
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    writer.writerows([epoch, *(repr(metrics[k]) for k in keys)] for epoch, metrics in enumerate(history, start=1))
+    return text.getvalue()
+
+
 def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], device: torch.device) -> dict[str, float]:
     """Write the run's files into ``out``; returns the per-class metrics of its reports."""
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +88,7 @@ def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], devic
         "test": (data.test_y, run.final_test.predictions.numpy()),
     })  # fmt: skip
     image_predictions.write(out, run.test_set, data.test_y, run.final_test.predictions.numpy())  # for the table
+    write_text(out / "history.csv", history_csv(run.result.history))
     reports.save_figure(reports.learning_curves_figure(run.result.history, run.result.best_epoch), out / "learning_curves.png")
     if run.spec.name == "mlp" and run.spec.model.hidden:
         reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")

@@ -103,6 +103,7 @@ class TrackingConfig:
     skip_finished: bool = True  # in a multirun, skip jobs whose configuration (seed included) already finished
     log_models: bool = True  # each run's best-epoch model as an MLflow Model (the UI's Models column)
     system_metrics: bool = False  # MLflow's system metrics (CPU, memory; GPU where present) every 10 s
+    log_bands: bool = False  # the per-epoch 25/75% batch percentiles (train/*_q25, *_q75) as MLflow metrics too
 
     def __post_init__(self) -> None:
         if not self.experiment.strip():

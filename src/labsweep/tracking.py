@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,20 +221,26 @@ class RunLogger:
     else 5) and when the run ends, whatever happens."""
 
     def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float | None = None,
-                 logged: tuple[Mapping[str, int], Mapping[str, str]] = ({}, {}), experiment_id: str = "") -> None:  # fmt: skip
+                 logged: tuple[Mapping[str, int], Mapping[str, str]] = ({}, {}), experiment_id: str = "",
+                 omit: Collection[str] = ()) -> None:  # fmt: skip
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.flush_seconds = float(os.environ.get(FLUSH_ENV) or DEFAULT_FLUSH_SECONDS) if flush_seconds is None else flush_seconds
         self._pending: list[Metric] = []
+        self._omit = frozenset(omit)  # metric keys this run does not send to MLflow (tracking.log_bands=false)
+        self._step_ms: dict[int, int] = {}  # when each step was logged: a metric's identity is (key, value, step, time)
         self._last_flush = time.monotonic()
         # A reopened run's last step of each metric and its params: never logged twice (see reopen_run).
         self._logged_steps, self._logged_params = logged
 
     def __call__(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        now_ms = int(time.time() * 1000)
-        logged = self._logged_steps
-        self._pending += [Metric(k, float(v), now_ms, step) for k, v in metrics.items() if step > logged.get(k, -1)]
+        now_ms = self._step_ms.get(step) or int(time.time() * 1000)
+        logged, omit = self._logged_steps, self._omit
+        new = [Metric(k, float(v), now_ms, step) for k, v in metrics.items() if step > logged.get(k, -1) and k not in omit]
+        if new:
+            self._step_ms[step] = now_ms
+            self._pending += new
         if time.monotonic() - self._last_flush > self.flush_seconds or len(self._pending) >= 10 * MAX_METRICS:
             self.flush()
 
@@ -245,6 +251,17 @@ class RunLogger:
             retry_locked(self.client.log_batch, self.run_id, metrics=batch, tags=beat, synchronous=True)
             del self._pending[: len(batch)]
         self._last_flush = time.monotonic()
+
+    def logged_metrics(self, keys: Sequence[str], values: Mapping[str, float], step: int) -> list[Metric]:
+        """The rows of ``keys`` the run has at ``step`` (their values and timestamps): rebuilt from ``values``
+        where this logger sent them, read back where an earlier process did (a resumed run's epochs)."""
+        sent = [k for k in keys if k not in self._omit and step in self._step_ms and step > self._logged_steps.get(k, -1)]
+        rows = [Metric(k, float(values[k]), self._step_ms[step], step) for k in sent]
+        earlier = [k for k in keys if k not in self._omit and k not in sent]
+        if earlier:
+            self.flush()
+            rows += [m for k in earlier for m in self.client.get_metric_history(self.run_id, k) if m.step == step]
+        return rows
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in self._logged_params]
@@ -299,12 +316,14 @@ def tracked_run(
     tags: Mapping[str, Any] | None = None,
     parent_run_id: str | None = None,
     run_id: str | None = None,
+    omit: Collection[str] = (),
 ) -> Iterator[RunLogger]:
     """Create an MLflow run (or, given ``run_id``, reopen that ended run: it is RUNNING again, its tags
     updated, its ``failure`` tag removed) and yield its logger. The run ends FINISHED when the block returns,
     KILLED on Ctrl-C (KeyboardInterrupt), SIGTERM, SIGHUP or SIGUSR1 (Terminated), FAILED on any other error;
     the reason goes into the ``failure`` tag, and pending metrics are flushed first, so what was
-    logged before a crash is kept. A signal during that cleanup waits for it to finish."""
+    logged before a crash is kept. A signal during that cleanup waits for it to finish. Metrics named in ``omit``
+    are not sent to MLflow."""
     mlflow_client = client(uri)
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()} | owner_tags()
     if parent_run_id:
@@ -312,9 +331,10 @@ def tracked_run(
     exp_id = experiment_id(mlflow_client, experiment)
     if run_id is None:
         run_id = retry_locked(mlflow_client.create_run, exp_id, run_name=run_name, tags=all_tags).info.run_id
-        logger = RunLogger(mlflow_client, run_id, experiment_id=exp_id)
+        logger = RunLogger(mlflow_client, run_id, experiment_id=exp_id, omit=omit)
     else:
-        logger = RunLogger(mlflow_client, run_id, logged=reopen_run(mlflow_client, run_id, all_tags), experiment_id=exp_id)
+        logger = RunLogger(mlflow_client, run_id, logged=reopen_run(mlflow_client, run_id, all_tags), experiment_id=exp_id,
+                           omit=omit)  # fmt: skip
     with signal_handling():
         try:
             yield logger
