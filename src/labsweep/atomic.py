@@ -77,9 +77,10 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a matplotlib ``Figure`` atomically as PNG (no pyplot, so no global backend is chosen)."""
+    """Write a matplotlib ``Figure`` atomically as PNG (no pyplot, so no global backend is chosen), at the size
+    the figure was laid out for."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100)
     return Path(path)
 
 

@@ -424,7 +424,7 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str) -> Path:
     with its 95% interval, coloured by the table's verdict (green better, red worse, grey within noise)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(9.0, 1.6 * len(rows) + 3), 4.8))
+    fig = Figure(figsize=(max(9.0, 1.6 * len(rows) + 3), 4.8), layout="constrained")  # drawn once a study
     ax, delta_ax = fig.subplots(1, 2)
     scale = 100 if rows[0].metric == "acc" else 1
     labels = [label(r) for r in rows]
