@@ -8,7 +8,12 @@
 (d) the Lab 2 CNN: seed loop vs labsweep, per epoch, and the fraction of this CPU's matrix-multiply
     peak it reaches (peak measured with a large torch.mm);
 (e) a full 250-epoch MLP job end to end (train(): data, training, reports, checkpoints) with and
-    without MLflow (the tracked run swapped for a no-op logger).
+    without MLflow (the tracked run swapped for a no-op logger), and that whole run against the seed loop's
+    bare training (250 epochs);
+(f) with --study: whole commands. The Lab 1 study (labsweep-train -cd tests/conf experiment=lab1
+    dataset=cifar10_slice, 10 configurations x 5 seeds) against its floor: its FLOP count (every step's forward,
+    weight- and input-gradient products, and every epoch's test pass) at the torch.mm rate measured in the
+    same run; and trainer.replicas=8 against an 8-seed multirun of the Lab 1 MLP.
 Every line prints the median over repeats with min-max; ratios are medians of per-repeat ratios.
 """
 
@@ -213,6 +218,71 @@ def no_fail_run(run: object, reason: str) -> None:
     """job.fail_run for a _NoOpRun (a replica that diverged): nothing to end."""
 
 
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ["-cd", str(ROOT / "tests" / "conf"), "experiment=lab1", "dataset=cifar10_slice"]
+
+
+def mlp_flops(dims: list[int], train_images: int, test_images: int) -> float:
+    """FLOPs (2 per multiply-add) of one epoch of an MLP with layer widths ``dims`` (3072, ..., classes): every
+    training image's forward product, weight gradient and input gradient (none for the first layer's input),
+    and every test image's forward product."""
+    macs = [a * b for a, b in zip(dims, dims[1:])]
+    return 2 * (train_images * (2 * sum(macs) + sum(macs[1:])) + test_images * sum(macs))
+
+
+def study_flops(sweep_dir: Path) -> float:
+    """The FLOPs of every job of a finished study, from each job's resolved config (.hydra/config.yaml: model,
+    trainer.replicas) and its logged epochs and image counts (each replica's config.yaml and metrics)."""
+    import yaml
+
+    total = 0.0
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()):
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        for run in sorted(job.glob("seed_*")) or [job]:
+            logged = yaml.safe_load((run / "config.yaml").read_text())
+            epochs = logged["trainer"]["epochs"]
+            classes = len(cfg["dataset"]["classes"])
+            dims = [3072, *cfg["model"]["hidden"], classes]
+            per_class = cfg["dataset"]
+            total += epochs * mlp_flops(dims, classes * per_class["max_train_per_class"], classes * per_class["max_test_per_class"])
+    return total
+
+
+def command_seconds(args: list[str], cwd: Path) -> float:
+    """Wall seconds of ``labsweep-train ARGS`` run in ``cwd`` (its store and output folders there)."""
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "labsweep.train", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def study_lines(reps: int) -> None:
+    """(f): the Lab 1 study against its floor, and trainer.replicas=8 against an 8-seed multirun."""
+    with tempfile.TemporaryDirectory() as tmp:
+        where = [f"tracking.uri=sqlite:///{tmp}/study.db", f"hydra.sweep.dir={tmp}/study", "trainer.progress=false"]
+        wall = command_seconds([*STUDY, *where], Path(tmp))
+        flops = study_flops(Path(tmp) / "study")
+    peak = mm_peak()
+    floor = flops / peak
+    print(f"(f) Lab 1 study (10 configurations x 5 seeds): {wall:.1f} s wall; {flops / 1e12:.2f} TFLOP, at torch.mm's "
+          f"{peak / 1e9:.0f} GFLOP/s a floor of {floor:.1f} s -> {wall / floor:.2f}x the floor")  # fmt: skip
+    eight, seeds = [], []
+    for r in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            common = ["-cd", str(ROOT / "tests" / "conf"), "experiment=lab1_mlp", "dataset=cifar10_slice",
+                      "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/r.db"]  # fmt: skip
+            command_seconds([*common, "seed=100", "trainer.epochs=2"], Path(tmp))  # the store's one-time set-up
+            seeds.append(command_seconds(["-m", *common, "seed=" + ",".join(map(str, range(8 * r, 8 * r + 8))),
+                                          f"hydra.sweep.dir={tmp}/m"], Path(tmp)))  # fmt: skip
+            eight.append(command_seconds([*common, f"seed={8 * r}", "trainer.replicas=8", f"hydra.run.dir={tmp}/r",
+                                          "tracking.experiment=replicas"], Path(tmp)))  # fmt: skip
+    print(f"    8-seed multirun (8 jobs):  {spread(seeds, ' s')}")
+    print(f"    trainer.replicas=8 (1 job): {spread(eight, ' s')}  -> "
+          f"{statistics.median(s / e for s, e in zip(seeds, eight)):.2f}x faster")  # fmt: skip
+
+
 def repeat(fn: Callable[[], float], n: int) -> list[float]:
     return [fn() for _ in range(n)]
 
@@ -222,9 +292,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats")
     parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--study", action="store_true", help="also (f): whole commands, the Lab 1 study (minutes)")
+    parser.add_argument("--only-study", action="store_true", help="only (f)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the slice's md5 warnings
     reps, epochs = (2, 20) if args.quick else (3, 50)
+    if args.only_study:
+        study_lines(reps)
+        return
     data = load_cifar10(args.data, [0, 1, 2], verify=False, download=False, max_train_per_class=500, max_test_per_class=100)
     mlp = ModelSpec(MLPConfig(hidden=[10]), 3, CIFAR100_MEAN, CIFAR100_STD)
     cnn_spec = ModelSpec(CNNConfig(channels=32), 3, CIFAR100_MEAN, CIFAR100_STD, pooling="avg")
@@ -270,16 +345,22 @@ def main() -> None:
           f"{statistics.median(s / v for s, v in zip(cnn_loop, cnn_vec)):.2f}x the throughput of labsweep's "
           f"one-after-another replicas")  # fmt: skip
 
-    # (e) a full 250-epoch job with and without MLflow.
+    # (e) a full 250-epoch job with and without MLflow, and against the seed loop's bare 250 epochs.
     with tempfile.TemporaryDirectory() as tmp:
         full_job(Path(tmp), args.data, 2, True)  # create the store once: its schema set-up is a one-time cost
-        with_ml, without = [], []
-        for _ in range(reps):
+        with_ml, without, seed_250 = [], [], []
+        for r in range(reps):
             without.append(full_job(Path(tmp), args.data, 250, False))
             with_ml.append(full_job(Path(tmp), args.data, 250, True))
+            seed_250.append(250 * run_seed_loop(data.train_x, data.train_y, data.test_x, data.test_y, num_classes=3,
+                                                epochs=250, seed=r)["epoch_seconds"])  # fmt: skip
     print(f"(e) 250-epoch MLP job without MLflow: {spread(without, ' s')}")
     print(f"    with MLflow:                     {spread(with_ml, ' s')}  -> "
           f"+{100 * (statistics.median(w / o for w, o in zip(with_ml, without)) - 1):.1f}%")  # fmt: skip
+    print(f"    the seed loop's bare 250 epochs: {spread(seed_250, ' s')}  -> the whole run is "
+          f"{statistics.median(s / w for s, w in zip(seed_250, with_ml)):.2f}x faster")  # fmt: skip
+    if args.study:
+        study_lines(reps)
 
 
 if __name__ == "__main__":
