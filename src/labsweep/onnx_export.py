@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from labsweep.atomic import atomic_path
@@ -106,6 +105,8 @@ def export_onnx(model: Classifier, path: Path, metadata: Mapping[str, str], *, o
     except Exception as exc:  # an operator the opset lacks, ...
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {type(exc).__name__}: {first_line}") from exc
+    import onnx  # here, not at the top: training imports this module's names, and onnx takes 0.6-1 s to import
+
     proto = onnx.load(str(path))
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -124,6 +125,8 @@ def verify_onnx(
 ) -> Verification:
     """Check the file with the ONNX checker, then run it in onnxruntime against ``model`` at each batch
     size in VERIFY_BATCHES: logits within ATOL and the same predicted classes, or VerificationError."""
+    import onnx
+
     proto = onnx.load(str(path))
     try:
         onnx.checker.check_model(proto, full_check=True)
