@@ -185,7 +185,8 @@ def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool) -> float
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=["experiment=lab1_mlp", *slice_overrides(data_dir), f"trainer.epochs={epochs}",
-                                           "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/bench.db"])  # fmt: skip
+                                           "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/bench.db",
+                                           f"tracking.log_models={with_mlflow}"])  # fmt: skip
     derived = ("optimizer.lr",) if OmegaConf.is_interpolation(cfg.optimizer, "lr") else ()  # as labsweep.train does
     launch = Launch(tmp / f"job-{time.time_ns()}", {"experiment": "lab1_mlp"}, derived=derived)
     originals = job.tracked_run, job.fail_run
@@ -202,11 +203,13 @@ def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool) -> float
 
 class _NoOpRun:
     run_id = "none"
+    experiment_id = "0"
 
     def __call__(self, metrics: dict, step: int = 0) -> None: ...
     def flush(self) -> None: ...
     def log_params(self, params: dict) -> None: ...
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def log_inputs(self, datasets: list) -> None: ...
 
 
 @contextlib.contextmanager

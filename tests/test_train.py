@@ -71,6 +71,13 @@ def test_a_run_logs_config_metrics_reports_and_checkpoints(make_config, run_trai
     torch.testing.assert_close(whole(pixels), best(pixels))
 
 
+def test_log_bands_sends_the_batch_percentiles_to_mlflow_too(make_config, run_train) -> None:
+    run_train(make_config("trainer.epochs=2", "tracking.experiment=t-bands", "tracking.log_bands=true"))
+    (run,) = runs_in("t-bands")
+    history = MlflowClient().get_metric_history(run.info.run_id, "train/acc_q75")
+    assert [m.step for m in history] == [1, 2]
+
+
 def test_same_config_and_seed_give_the_same_metrics() -> None:
     data = make_synthetic(train_per_class=60, test_per_class=20)
     spec = model_spec(MLPConfig(hidden=[10]), "none", data)
