@@ -243,11 +243,11 @@ def study_flops(sweep_dir: Path) -> float:
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         for run in sorted(job.glob("seed_*")) or [job]:
             logged = yaml.safe_load((run / "config.yaml").read_text())
-            epochs = logged["trainer"]["epochs"]
-            classes = len(cfg["dataset"]["classes"])
+            dataset = cfg["dataset"]
+            classes = len(dataset["classes"])
             dims = [3072, *cfg["model"]["hidden"], classes]
-            per_class = cfg["dataset"]
-            total += epochs * mlp_flops(dims, classes * per_class["max_train_per_class"], classes * per_class["max_test_per_class"])
+            total += logged["trainer"]["epochs"] * mlp_flops(dims, classes * dataset["max_train_per_class"],
+                                                             classes * dataset["max_test_per_class"])  # fmt: skip
     return total
 
 

@@ -22,6 +22,7 @@ from labsweep import tuning
 from labsweep.schema import ConfigError
 from labsweep.synthetic import make_synthetic
 from labsweep.table import build_rows, render
+from labsweep.tracking import owner_tags
 from labsweep.validation import carve
 
 # A study small enough for CI: 180 train / 30 validation / 30 test synthetic images, 12 updates a trial
@@ -128,10 +129,10 @@ def test_workers_sharing_a_study_neither_lose_nor_duplicate_a_trial(tmp_path: Pa
 def test_a_trial_whose_sweeper_was_killed_is_failed_on_the_next_launch(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="abandoned", storage=tuning.open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    gone = {**tuning.owner_attr(), "labsweep.owner.pid": "999999999"}  # this machine, a process that is not there
+    gone = {**owner_tags(), "labsweep.owner.pid": "999999999"}  # this machine, a process that is not there
     study._storage.set_trial_user_attr(trial._trial_id, tuning.OWNER_ATTR, gone)
     alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    study._storage.set_trial_user_attr(alive._trial_id, tuning.OWNER_ATTR, tuning.owner_attr())
+    study._storage.set_trial_user_attr(alive._trial_id, tuning.OWNER_ATTR, owner_tags())
     assert tuning.fail_abandoned(study) == 1
     states = {t.number: t.state.name for t in study.trials}
     assert states == {0: "FAIL", 1: "RUNNING"}

@@ -141,14 +141,16 @@ def build_schedule(trainer: TrainerConfig, train_size: int) -> Schedule:
 # --------------------------------------------------------------------------- the seeded wiring
 
 
-def to_splits(model: Classifier, data: ImageData, device: torch.device) -> tuple[Split, Split]:
-    """Both splits on the device, normalised once by the model's own Normalize: the loop then calls
-    ``model.net`` directly instead of normalising every batch again."""
-    with torch.no_grad():
-        return tuple(  # type: ignore[return-value]
-            Split(model.normalize(torch.from_numpy(x).to(device)).contiguous(), torch.from_numpy(y).to(device))
-            for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y))
-        )
+def to_splits(model: Classifier, data: ImageData, device: torch.device) -> tuple[Split, Split, Split | None]:
+    """The training, test and (if the data has one) validation splits on the device, normalised once by the
+    model's own Normalize: the loop then calls ``model.net`` directly instead of normalising every batch again."""
+
+    def split(x: Any, y: Any) -> Split:
+        with torch.no_grad():
+            return Split(model.normalize(torch.from_numpy(x).to(device)).contiguous(), torch.from_numpy(y).to(device))
+
+    val = split(data.val_x, data.val_y) if data.val_x is not None and data.val_y is not None else None
+    return split(data.train_x, data.train_y), split(data.test_x, data.test_y), val
 
 
 @dataclass
@@ -186,11 +188,6 @@ def build_training(spec: ModelSpec, optimizer: OptimizerConfig, data: ImageData,
         torch.manual_seed(seed)
         models.append(build_model(spec).to(device))
     net = replicate([m.net for m in models])
-    train, test = to_splits(models[0], data, device)
-    val = None
-    if data.val_x is not None and data.val_y is not None:
-        with torch.no_grad():
-            val = Split(models[0].normalize(torch.from_numpy(data.val_x).to(device)).contiguous(),
-                        torch.from_numpy(data.val_y).to(device))  # fmt: skip
+    train, test, val = to_splits(models[0], data, device)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     return Training(list(seeds), models, net, build_optimizer(optimizer, net.parameters()), train, test, generators, val)

@@ -164,10 +164,9 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
             if track.log_models:  # the best epoch's model (write_run_files left those weights in it)
                 meta = {"class_ids": list(data.class_ids), "class_names": list(data.class_names),
                         "notation": notation(spec), "epoch": result.best_epoch}  # fmt: skip
-                best_rows = run.logged_metrics(list(result.best_metrics), result.best_metrics, result.best_epoch)
                 log_pytorch_model(tracking_uri(track.uri), run.experiment_id, run.run_id, trained.model, data.test_x,
                                   step=result.best_epoch, metadata=meta, params=flatten(logged[k]) | derived,
-                                  metrics=best_rows)  # fmt: skip
+                                  metrics=run.logged_metrics(result.best_metrics, result.best_epoch))  # fmt: skip
             summaries[replica.seed] = summary
             log.info("%sdone in %.1f s (%.1f ms/epoch): test acc %.4f, train acc %.4f%s; lowest %s loss at epoch %d (test acc %.4f)",
                      f"seed {replica.seed}: " if len(replicas) > 1 else "", seconds, summary["epoch_ms"],

@@ -158,7 +158,7 @@ def log_pytorch_model(uri: str, experiment_id: str, run_id: str, model: Any, ima
     at ``step`` (the best epoch: the rows the run logged, so that they are linked, not logged again).
 
     ``mlflow.pytorch.log_model(run_id=...)`` would link the step's metrics itself by reading back the whole
-    history of every metric of the run (0.5 s a run for 1,000 epochs, measured: scripts/bench.py (f)); the
+    history of every metric of the run (0.5 s a run for 1,000 epochs, profiled with cProfile); the
     model is created for the run first and the run's output and metrics are linked to it here instead."""
     import copy
 

@@ -40,7 +40,7 @@ def per_class_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[st
 
 
 # Figures are laid out by hand (margins in inches) and saved without bbox_inches="tight" or a layout engine: each
-# of those draws the figure once more to measure it, 40% of a figure's time (scripts/bench.py (g)).
+# of those draws the figure once more to measure it (scripts/bench_run_files.py times each figure).
 LABEL_INCHES = 1.5  # room for a class label ("33 forest"), rotated or not
 
 

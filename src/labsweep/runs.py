@@ -5,6 +5,7 @@ job still need training. Everything here works on plain data: the typed config a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -135,7 +136,10 @@ def replica_name(base: str, seed: int) -> str:
 
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """The commit of the code this process runs: asked of git once (every run's tags and every resume check
+    need it; it was one `git rev-parse` process per call, two per run)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

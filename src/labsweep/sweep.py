@@ -318,12 +318,13 @@ class SweepCallback(Callback):
         if not rows:
             return
         out = Path(self.context.state_dir).parents[1]
-        table_path = write_text(out / "results.md", render(rows, "md"))
+        table = render(rows, "md")
+        table_path = write_text(out / "results.md", table)
         plot_path = plot_rows(rows, out / "results.png", title=f"{config.tracking.experiment}, sweep {self.context.sweep_id}")
         for path in (table_path, plot_path):
             self.client.log_artifact(self.context.parent_run_id, str(path))
         # The run's description (MLflow's note): the parent's Overview page shows the table.
         note = f"Results of sweep {self.context.sweep_id} (rebuild: `labsweep-table --experiment {config.tracking.experiment} " \
-               f"--sweep {self.context.sweep_id}`)\n\n{table_path.read_text()}"  # fmt: skip
+               f"--sweep {self.context.sweep_id}`)\n\n{table}"  # fmt: skip
         retry_locked(self.client.set_tag, self.context.parent_run_id, NOTE_TAG, note)
-        log.info("results table:\n%s", table_path.read_text())
+        log.info("results table:\n%s", table)

@@ -107,40 +107,35 @@ def build_rows(client, experiment: str, sweep: str | None = None, top: int = TOP
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file a run: no progress bars
     rows: dict[str, Row] = {}
+    predicted: dict[str, list[str]] = {}  # row key -> its classifier runs, whose predictions pair the comparison
     finished = _fetch_runs(client, experiment, sweep)
     study, sweep, baseline_trial = _tuning_study(client, finished, sweep)
     if study:
         finished = [r for r in finished if r.data.tags.get("sweep_id") == sweep]
-    with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
-        for run in finished:
-            tags, metrics, params = run.data.tags, current_names(run.data.metrics), run.data.params
-            key = tags.get("config_hash") or run.info.run_id
-            metric = "acc" if ("final_test_acc" in metrics or "test/acc" in metrics) else "mse"
-            job = float(tags.get("job_num", math.inf))
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = Row(key, tags.get("notation", "?"), dict(params), (job, run.info.start_time), metric=metric)
-            row.order = min(row.order, (job, run.info.start_time))
-            if metric == "acc":
-                row.test.append(metrics.get("final_test_acc", metrics.get("test/acc", math.nan)))
-                row.train.append(metrics.get("final_train_acc", metrics.get("train/acc", math.nan)))
-                if "best_test_acc" in metrics:
-                    row.best_test.append(metrics["best_test_acc"])
-                    row.best_epoch.append(metrics["best_epoch"])
-                if "final_val_acc" in metrics:
-                    row.val.append(metrics["final_val_acc"])
-                if "best_val_loss" in metrics:
-                    row.best_by = "validation"
-                found = _predictions(client, run.info.run_id, Path(tmp) / run.info.run_id)
-                if found is None:
-                    row.missing_predictions += 1
-                else:
-                    row.correct.append(found.correct)
-                    row.test_sets.append(found.test_set)
-            else:
-                row.test.append(metrics.get("train/mse", math.nan))
-            row.test_size = int(float(params.get("derived.test_images", 0) or 0))
-            row.run_names.append(run.info.run_name or "")
+    for run in finished:
+        tags, metrics, params = run.data.tags, current_names(run.data.metrics), run.data.params
+        key = tags.get("config_hash") or run.info.run_id
+        metric = "acc" if ("final_test_acc" in metrics or "test/acc" in metrics) else "mse"
+        job = float(tags.get("job_num", math.inf))
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = Row(key, tags.get("notation", "?"), dict(params), (job, run.info.start_time), metric=metric)
+        row.order = min(row.order, (job, run.info.start_time))
+        if metric == "acc":
+            row.test.append(metrics.get("final_test_acc", metrics.get("test/acc", math.nan)))
+            row.train.append(metrics.get("final_train_acc", metrics.get("train/acc", math.nan)))
+            if "best_test_acc" in metrics:
+                row.best_test.append(metrics["best_test_acc"])
+                row.best_epoch.append(metrics["best_epoch"])
+            if "final_val_acc" in metrics:
+                row.val.append(metrics["final_val_acc"])
+            if "best_val_loss" in metrics:
+                row.best_by = "validation"
+            predicted.setdefault(key, []).append(run.info.run_id)
+        else:
+            row.test.append(metrics.get("train/mse", math.nan))
+        row.test_size = int(float(params.get("derived.test_images", 0) or 0))
+        row.run_names.append(run.info.run_name or "")
     earliest_failure = math.inf
     for status in ("FAILED", "KILLED"):
         for run in _fetch_runs(client, experiment, sweep, status):
@@ -154,6 +149,16 @@ def build_rows(client, experiment: str, sweep: str | None = None, top: int = TOP
         ordered = tuning_rows(ordered, study, top)
         if ordered and baseline_trial is not None and ordered[0].order[0] == baseline_trial:
             ordered[0].own_values = True
+    # Each shown row's per-image predictions (one artifact download a run): a tuning table shows a few of its trials.
+    with tempfile.TemporaryDirectory(prefix="labsweep-table-") as tmp:
+        for row in ordered:
+            for run_id in predicted.get(row.key, []):
+                found = _predictions(client, run_id, Path(tmp) / run_id)
+                if found is None:
+                    row.missing_predictions += 1
+                else:
+                    row.correct.append(found.correct)
+                    row.test_sets.append(found.test_set)
     if ordered:
         write_comments(ordered, baseline=ordered[0])
         ordered[0].first_job_failed = earliest_failure < ordered[0].order[0]

@@ -252,12 +252,13 @@ class RunLogger:
             del self._pending[: len(batch)]
         self._last_flush = time.monotonic()
 
-    def logged_metrics(self, keys: Sequence[str], values: Mapping[str, float], step: int) -> list[Metric]:
-        """The rows of ``keys`` the run has at ``step`` (their values and timestamps): rebuilt from ``values``
+    def logged_metrics(self, values: Mapping[str, float], step: int) -> list[Metric]:
+        """The rows the run has of the metrics ``values`` at ``step`` (their values and timestamps): rebuilt
         where this logger sent them, read back where an earlier process did (a resumed run's epochs)."""
-        sent = [k for k in keys if k not in self._omit and step in self._step_ms and step > self._logged_steps.get(k, -1)]
+        keys = [k for k in values if k not in self._omit]
+        sent = [k for k in keys if step in self._step_ms and step > self._logged_steps.get(k, -1)]
         rows = [Metric(k, float(values[k]), self._step_ms[step], step) for k in sent]
-        earlier = [k for k in keys if k not in self._omit and k not in sent]
+        earlier = [k for k in keys if k not in sent]
         if earlier:
             self.flush()
             rows += [m for k in earlier for m in self.client.get_metric_history(self.run_id, k) if m.step == step]

@@ -325,9 +325,9 @@ def open_study(plan: Plan, sampler: Any, baseline: Mapping[str, Any] | None = No
     import optuna
 
     storage = open_storage(plan.storage_url)
-    _check_existing(plan, storage)  # again: another process may have created it since ``plan``
     db = _sqlite_path(plan.storage_url)
     with exclusive_lock(db.with_name(db.name + ".lock")) if db is not None else nullcontext():  # one creator
+        _check_existing(plan, storage)  # again, under the lock: another process may have created it since ``plan``
         study = optuna.create_study(storage=storage, study_name=plan.study_name, sampler=sampler,
                                     direction=plan.direction, load_if_exists=True)  # fmt: skip
         if SPACE_ATTR not in study.user_attrs:
@@ -393,11 +393,6 @@ def short_params(params: Mapping[str, Any]) -> str:
     return " ".join(parts).replace("'", "")
 
 
-def owner_attr() -> dict[str, str]:
-    from labsweep.tracking import owner_tags
-
-    return owner_tags()
-
 
 def fail_abandoned(study: optuna.Study) -> int:
     """Fail every RUNNING trial whose sweeping process is provably gone (killed: its job's result never came
@@ -434,10 +429,12 @@ def ask_trials(study: optuna.Study, space: Mapping[str, BaseDistribution], wante
     past the total are failed at once (``cancelled``), so the study neither loses nor duplicates a trial."""
     from optuna.trial import TrialState
 
+    from labsweep.tracking import owner_tags
+
     asked = []
     for _ in range(wanted):
         trial = study.ask(dict(space))
-        study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, owner_attr())
+        study._storage.set_trial_user_attr(trial._trial_id, OWNER_ATTR, owner_tags())
         asked.append(trial)
     counted = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
     allowed = set(counted[:n_trials])

@@ -262,7 +262,10 @@ class SweeperImpl(Sweeper):
             log.warning("the confirmation of trial %d has no finished run (%s)", best.number, outcome)
             return {}
         vals = [r.data.metrics["final_val_acc"] for r in runs if "final_val_acc" in r.data.metrics]
-        return {"confirm/test/acc": statistics.fmean(tests), "confirm/test/acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+        from labsweep.table import mean_std  # imported here: Hydra imports this plugin for every command
+
+        mean, std = mean_std(tests)
+        return {"confirm/test/acc": mean, "confirm/test/acc_std": std,
                 "confirm/n": float(len(tests))} | ({"confirm/val/acc": statistics.fmean(vals)} if vals else {})  # fmt: skip
 
     def _finish(self, plan: tuning.Plan, study: Any, sweep_dir: Path) -> None:
