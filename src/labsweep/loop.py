@@ -62,14 +62,24 @@ class FitResult:
     last_finite_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
+def batch_buffer(train: Split, rows: int) -> torch.Tensor:
+    """Where ``train_epoch`` gathers each step's batches: one tensor for the whole fit. A fresh (K*b, 3072) batch
+    every step is a fresh allocation of megabytes, whose pages the kernel maps and zeroes anew each time
+    (measured for 5 x 128 rows of the CIFAR-10 slice: 300 us a gather into a new tensor, 93 us into this one)."""
+    return torch.empty(rows, *train.x.shape[1:], dtype=train.x.dtype, device=train.x.device)
+
+
 def train_epoch(
-    net: Replicas, optimizer: torch.optim.Optimizer, train: Split, batch_size: int, generators: Sequence[torch.Generator]
+    net: Replicas, optimizer: torch.optim.Optimizer, train: Split, batch_size: int, generators: Sequence[torch.Generator],
+    buffer: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """One pass over shuffled mini-batches, each replica in its own order. Returns per replica the mean
     and 25/75th percentiles of the per-batch loss and accuracy (Lab 2's bands); the per-batch values
-    stay on the device until the end of the epoch."""
+    stay on the device until the end of the epoch. ``buffer``: a ``batch_buffer`` of at least K*batch_size rows."""
     net.train()
     n, k, device = len(train.y), len(generators), train.x.device
+    if buffer is None or len(buffer) < k * batch_size:
+        buffer = batch_buffer(train, k * batch_size)
     order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)  # (K, n)
     num_batches = math.ceil(n / batch_size)
     losses = torch.empty(k, num_batches, device=device)
@@ -77,7 +87,8 @@ def train_epoch(
     for i in range(num_batches):
         idx = order[:, i * batch_size : (i + 1) * batch_size].reshape(-1)  # the K batches one after another
         # index_select gathers rows about 4x faster than x[idx] on the CPU (measured: 38 vs 153 us for 128x3072).
-        xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        xb = torch.index_select(train.x, 0, idx, out=buffer[: len(idx)])
+        yb = train.y.index_select(0, idx)
         losses[:, i], accs[:, i] = net.compute_gradients(xb, yb)
         optimizer.step()
     stats = torch.stack([losses, accs]).cpu()  # (2, K, batches)
@@ -134,9 +145,10 @@ def fit(
     chooses = "val/loss" if val is not None else "test/loss"
     done, results = resumed or (0, [FitResult(history=[], last_finite_state=net.state(r)) for r in range(net.k)])
     bar = tqdm(range(done + 1, epochs + 1), desc="epochs", unit="ep", disable=None if progress else True, leave=False)
+    buffer = batch_buffer(train, len(generators) * batch_size)
     for epoch in bar:
         raise_if_stopped()  # a SIGTERM whose exception a callback swallowed during the last epoch
-        train_stats = train_epoch(net, optimizer, train, batch_size, generators)
+        train_stats = train_epoch(net, optimizer, train, batch_size, generators, buffer)
         test_evals = evaluate(net, test, eval_batch_size)
         val_evals = evaluate(net, val, eval_batch_size) if val is not None else None
         for r, (result, metrics, test_eval) in enumerate(zip(results, train_stats, test_evals, strict=True)):

@@ -149,9 +149,12 @@ class StackedMLP(Replicas):
         grad = log_probs.exp_().scatter_add_(1, y, torch.full(y.shape, -1.0, device=y.device)).div_(b)
         for i in reversed(range(len(weights))):
             a = activations[i]  # this layer's input, (K*s, in, b/s)
-            weight_grad, bias_grad = torch.bmm(grad, a.transpose(1, 2)), grad.sum(2, keepdim=True)
+            bias_grad = grad.sum(2, keepdim=True)
             if s > 1:  # add up the pieces of each replica's batch
-                weight_grad, bias_grad = weight_grad.unflatten(0, (k, s)).sum(1), bias_grad.unflatten(0, (k, s)).sum(1)
+                weight_grad = torch.bmm(grad, a.transpose(1, 2)).unflatten(0, (k, s)).sum(1)
+                bias_grad = bias_grad.unflatten(0, (k, s)).sum(1)
+            else:  # into last step's gradient: a fresh (K, 128, 3072) tensor each step costs its page faults
+                weight_grad = torch.bmm(grad, a.transpose(1, 2), out=self.weights[i].grad)
             self.weights[i].grad, self.biases[i].grad = weight_grad, bias_grad
             if i > 0:  # back through the layer and the ReLU before it (its output is this layer's input)
                 grad = torch.bmm(weights[i].transpose(1, 2), grad).mul_(a > 0)
