@@ -78,9 +78,10 @@ def write_text(dest: str | os.PathLike[str], text: str) -> Path:
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write a matplotlib ``Figure`` atomically as PNG (no pyplot, so no global backend is chosen), at the size
-    the figure was laid out for."""
+    the figure was laid out for. zlib level 3 instead of Pillow's 6: the same pixels, 6-17% larger files, and
+    half the encoding time (a run's learning curves: 12.7 against 25.7 ms; scripts/bench_run_files.py)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, pil_kwargs={"compress_level": 3})
     return Path(path)
 
 
