@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -233,22 +234,81 @@ def mlp_flops(dims: list[int], train_images: int, test_images: int) -> float:
     return 2 * (train_images * (2 * sum(macs) + sum(macs[1:])) + test_images * sum(macs))
 
 
-def study_flops(sweep_dir: Path) -> float:
-    """The FLOPs of every job of a finished study, from each job's resolved config (.hydra/config.yaml: model,
-    trainer.replicas) and its logged epochs and image counts (each replica's config.yaml and metrics)."""
+@dataclass
+class StudyJob:
+    """One finished job of a study, from its resolved config (.hydra/config.yaml) and its runs' files."""
+
+    dims: list[int]  # layer widths, 3072 ... classes
+    replicas: int
+    batch_size: int
+    epochs: int
+    train_images: int
+    test_images: int
+    loop_seconds: float  # the job's training loop (its runs' train_seconds: one loop for all its replicas)
+
+
+def study_jobs(sweep_dir: Path) -> list[StudyJob]:
+    import json
+
     import yaml
 
-    total = 0.0
+    jobs = []
     for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()):
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        for run in sorted(job.glob("seed_*")) or [job]:
-            logged = yaml.safe_load((run / "config.yaml").read_text())
-            dataset = cfg["dataset"]
-            classes = len(dataset["classes"])
-            dims = [3072, *cfg["model"]["hidden"], classes]
-            total += logged["trainer"]["epochs"] * mlp_flops(dims, classes * dataset["max_train_per_class"],
-                                                             classes * dataset["max_test_per_class"])  # fmt: skip
-    return total
+        runs = sorted(job.glob("seed_*")) or [job]
+        logged = yaml.safe_load((runs[0] / "config.yaml").read_text())
+        dataset, classes = cfg["dataset"], len(cfg["dataset"]["classes"])
+        jobs.append(StudyJob([3072, *cfg["model"]["hidden"], classes], len(runs), logged["trainer"]["batch_size"],
+                             logged["trainer"]["epochs"], classes * dataset["max_train_per_class"],
+                             classes * dataset["max_test_per_class"],
+                             json.loads((runs[0] / "metrics.json").read_text())["train_seconds"]))  # fmt: skip
+    return jobs
+
+
+def study_flops(jobs: list[StudyJob]) -> float:
+    """The FLOPs of every job of a finished study: every replica's epochs (mlp_flops)."""
+    return sum(j.replicas * j.epochs * mlp_flops(j.dims, j.train_images, j.test_images) for j in jobs)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_seconds(job: StudyJob, data: torch.Tensor) -> float:
+    """The job's loop if it did nothing but its large kernels, each timed here at the job's own shapes (K replicas
+    stacked, as labsweep.replicas.StackedMLP runs them): every step's batch gather (into one buffer), every
+    layer's forward product, weight gradient and input gradient (none for the first), every epoch's test pass.
+    What this leaves out is the loop's small operations (loss, softmax, ReLU masks, the optimizer step)."""
+    k, b, n = job.replicas, min(job.batch_size, job.train_images), job.train_images
+    idx = torch.randint(0, len(data), (k * b,))
+    buffer = torch.empty(k * b, data.shape[1])
+    x_test = data[: job.test_images]
+    layers = list(zip(job.dims, job.dims[1:]))
+    weights = [(torch.randn(k, o, i) * 0.01, torch.zeros(k, o, 1)) for i, o in layers]
+
+    def step() -> None:
+        torch.index_select(data, 0, idx, out=buffer)
+        activations = [buffer.view(k, b, -1).transpose(1, 2)]
+        for w, bias in weights:
+            activations.append(torch.baddbmm(bias, w, activations[-1]))
+        grad = activations[-1]
+        for i in reversed(range(len(weights))):
+            torch.bmm(grad, activations[i].transpose(1, 2))
+            if i > 0:
+                grad = torch.bmm(weights[i][0].transpose(1, 2), grad)
+
+    def test_pass() -> None:
+        h = x_test.t().unsqueeze(0).expand(k, -1, -1)
+        for w, bias in weights:
+            h = torch.baddbmm(bias, w, h)
+
+    return job.epochs * (n / b * median_seconds(step) + median_seconds(test_pass))
 
 
 def command_seconds(args: list[str], cwd: Path) -> float:
@@ -266,11 +326,17 @@ def study_lines(reps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         where = [f"tracking.uri=sqlite:///{tmp}/study.db", f"hydra.sweep.dir={tmp}/study", "trainer.progress=false"]
         wall = command_seconds([*STUDY, *where], Path(tmp))
-        flops = study_flops(Path(tmp) / "study")
-    peak = mm_peak()
+        jobs = study_jobs(Path(tmp) / "study")
+    flops, peak = study_flops(jobs), mm_peak()
     floor = flops / peak
+    loops = sum(j.loop_seconds for j in jobs)
+    data = torch.randn(max(j.train_images for j in jobs), 3072)
+    kernels = sum(kernel_seconds(j, data) for j in jobs)
     print(f"(f) Lab 1 study (10 configurations x 5 seeds): {wall:.1f} s wall; {flops / 1e12:.2f} TFLOP, at torch.mm's "
           f"{peak / 1e9:.0f} GFLOP/s a floor of {floor:.1f} s -> {wall / floor:.2f}x the floor")  # fmt: skip
+    print(f"    its training loops {loops:.1f} s; their large kernels alone at the jobs' shapes (batch gathers, "
+          f"products) {kernels:.1f} s = {flops / kernels / 1e9:.0f} GFLOP/s -> the loops {loops / kernels:.2f}x, "
+          f"the study {wall / kernels:.2f}x that")  # fmt: skip
     eight, seeds = [], []
     for r in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
