@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run_files import median_ms  # noqa: E402
 from seed_loop import run_seed_loop  # noqa: E402
 
 from labsweep.build import Training, build_training  # noqa: E402
@@ -270,21 +271,12 @@ def study_flops(jobs: list[StudyJob]) -> float:
     return sum(j.replicas * j.epochs * mlp_flops(j.dims, j.train_images, j.test_images) for j in jobs)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def kernel_seconds(job: StudyJob, data: torch.Tensor) -> float:
     """The job's loop if it did nothing but its large kernels, each timed here at the job's own shapes (K replicas
     stacked, as labsweep.replicas.StackedMLP runs them): every step's batch gather (into one buffer), every
     layer's forward product, weight gradient and input gradient (none for the first), every epoch's test pass.
-    What this leaves out is the loop's small operations (loss, softmax, ReLU masks, the optimizer step)."""
+    What this leaves out is the loop's small operations (loss, softmax, ReLU masks, the optimizer step). An epoch's
+    smaller last batch is counted as its fraction of a full step (train_images / batch_size steps an epoch)."""
     k, b, n = job.replicas, min(job.batch_size, job.train_images), job.train_images
     idx = torch.randint(0, len(data), (k * b,))
     buffer = torch.empty(k * b, data.shape[1])
@@ -308,7 +300,7 @@ def kernel_seconds(job: StudyJob, data: torch.Tensor) -> float:
         for w, bias in weights:
             h = torch.baddbmm(bias, w, h)
 
-    return job.epochs * (n / b * median_seconds(step) + median_seconds(test_pass))
+    return job.epochs * (n / b * median_ms(step, 15) + median_ms(test_pass, 15)) / 1000
 
 
 def command_seconds(args: list[str], cwd: Path) -> float:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import SHARED, labsweep_setup  # noqa: E402
 
-from labsweep.build import build_training
-from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10
-from labsweep.models import ModelSpec
-from labsweep.schema import MLPConfig, SGDConfig
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from labsweep.datasets import CIFAR100_MEAN, CIFAR100_STD, load_cifar10  # noqa: E402
+from labsweep.models import ModelSpec  # noqa: E402
+from labsweep.schema import MLPConfig  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     k = args.replicas
     for hidden, batch, epochs in ((10, 128, 40), (10, 512, 60), (128, 128, 10)):
         spec = ModelSpec(MLPConfig(hidden=[hidden]), data.num_classes, CIFAR100_MEAN, CIFAR100_STD)
-        training = build_training(spec, SGDConfig(lr=0.005), data, list(range(k)), "cpu")
+        training = labsweep_setup(data, spec, list(range(k)))  # SGD lr 0.005, as the study's points
         training.fit(epochs=3, batch_size=batch, progress=False)
         start = time.perf_counter()
         result = training.fit(epochs=epochs, batch_size=batch, progress=False)[0]
