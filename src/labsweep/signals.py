@@ -69,7 +69,7 @@ def raise_if_stopped() -> None:
 def _defer(signum: int) -> None:
     _deferred.append(signum)
     if len(_deferred) == 1:
-        log.warning("%s received while closing MLflow runs: finishing that first (send it again to abort)",
+        log.warning("%s received while writing to MLflow: finishing that first (send it again to abort)",
                     signal.Signals(signum).name)  # fmt: skip
         return
     if signum == signal.SIGINT:
@@ -117,8 +117,11 @@ def signal_handling() -> Iterator[None]:
 
 @contextmanager
 def closing_runs() -> Iterator[None]:
-    """While runs are being closed (metrics flushed, status set), a Ctrl-C or SIGTERM waits until
-    the end and is raised then; a second one aborts the cleanup."""
+    """While runs are being closed (metrics flushed, status set), or anything is written to the store
+    (``labsweep.tracking.retry_locked``), a Ctrl-C or SIGTERM waits until the end and is raised then; a second
+    one aborts. A signal raised inside MLflow's SQLAlchemy code could leave a connection in its transaction,
+    holding SQLite's write lock: the process then waited for its own lock while closing its runs KILLED (seen in
+    tests/test_resume.py's four-replica SIGTERM test, about once in ten runs on a loaded machine)."""
     global _closing
     if not _in_main_thread():
         yield

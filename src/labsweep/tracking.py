@@ -66,7 +66,8 @@ def retry_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     delay = 0.1
     while True:
         try:
-            return call(*args, **kwargs)
+            with closing_runs():  # a signal waits until the write is done (see there)
+                return call(*args, **kwargs)
         except MlflowException as exc:
             if not _is_locked(exc) or time.monotonic() + delay > deadline:
                 raise
