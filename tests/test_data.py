@@ -316,6 +316,28 @@ def test_md5_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert file_md5(path) == md5(path)
 
 
+def test_a_read_only_data_folder_is_hashed_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A course's shared copy of the data is read-only: no sidecar cache, but a multirun's jobs (one process)
+    hash each file only once, and a file rewritten in between is hashed again."""
+    path = tmp_path / "blob"
+    path.write_bytes(b"abc")
+    tmp_path.chmod(0o555)
+    try:
+        assert file_md5(path) == md5(path)
+        assert not (tmp_path / cifar_files.MD5_CACHE_NAME).exists()
+        hashed: list[Path] = []
+        monkeypatch.setattr(cifar_files, "_hash_file", lambda p: hashed.append(p) or md5(p))
+        assert file_md5(path) == md5(path)
+        assert hashed == []
+        tmp_path.chmod(0o755)
+        path.write_bytes(b"abcd")
+        tmp_path.chmod(0o555)
+        assert file_md5(path) == md5(path)
+        assert hashed == [path]
+    finally:
+        tmp_path.chmod(0o755)
+
+
 # --------------------------------------------------------------------------- download and extraction
 
 

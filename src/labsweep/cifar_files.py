@@ -104,19 +104,29 @@ def layout(name: str) -> CifarLayout:
 # --------------------------------------------------------------------------- checksums
 
 
+# md5s this process has computed, by (resolved path, size, mtime_ns): a read-only folder (a course's shared
+# copy of the data) has no sidecar cache, and every job of a sweep would hash its files again.
+_md5s_seen: dict[tuple[str, int, int], str] = {}
+
+
 def file_md5(path: Path) -> str:
-    """md5 of ``path``, cached in a sidecar json keyed by (size, mtime_ns).
+    """md5 of ``path``, cached in a sidecar json keyed by (size, mtime_ns), and in this process.
 
     Hashing the 150 MB CIFAR-100 train file costs about a second, which every job of a
-    sweep would pay again; the cache makes repeated loads free. Read-only folders go
-    uncached.
+    sweep would pay again; the cache makes repeated loads free. Read-only folders get no
+    sidecar, so there only the process remembers (a multirun's jobs share one process).
     """
+    size, mtime_ns = key = _cache_key(path)
+    seen = (str(path.resolve()), size, mtime_ns)
+    if seen in _md5s_seen:
+        return _md5s_seen[seen]
     entry = _read_cache(path.parent / MD5_CACHE_NAME).get(path.name)
-    if isinstance(entry, dict) and entry.get("key") == _cache_key(path) \
-            and isinstance(entry.get("md5"), str):
-        return entry["md5"]
-    digest = _hash_file(path)
-    _remember_md5(path, digest)
+    if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("md5"), str):
+        digest = entry["md5"]
+    else:
+        digest = _hash_file(path)
+        _remember_md5(path, digest)
+    _md5s_seen[seen] = digest
     return digest
 
 
