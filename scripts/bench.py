@@ -9,7 +9,7 @@
     peak it reaches (peak measured with a large torch.mm);
 (e) a full 250-epoch MLP job end to end (train(): data, training, reports, checkpoints) with and
     without MLflow (the tracked run swapped for a no-op logger), and that whole run against the seed loop's
-    bare training (250 epochs);
+    bare training (250 epochs); and MLflow's share of a 1,000-epoch job (the study's batch-512 point: 5 replicas);
 (f) with --study: whole commands. The Lab 1 study (labsweep-train -cd tests/conf experiment=lab1
     dataset=cifar10_slice, 10 configurations x 5 seeds) against its floor: its FLOP count (every step's forward,
     weight- and input-gradient products, and every epoch's test pass) at the torch.mm rate measured in the
@@ -174,8 +174,8 @@ def slice_overrides(data_dir: Path) -> list[str]:
             "dataset.download=false", "dataset.max_train_per_class=500", "dataset.max_test_per_class=100"]  # fmt: skip
 
 
-def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool) -> float:
-    """train() end to end on the slice (250-epoch Lab 1 MLP), optionally with MLflow swapped out."""
+def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool, overrides: tuple[str, ...] = ()) -> float:
+    """train() end to end on the slice (the Lab 1 MLP; ``overrides`` change it), optionally with MLflow swapped out."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -188,7 +188,7 @@ def full_job(tmp: Path, data_dir: Path, epochs: int, with_mlflow: bool) -> float
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=["experiment=lab1_mlp", *slice_overrides(data_dir), f"trainer.epochs={epochs}",
                                            "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/bench.db",
-                                           f"tracking.log_models={with_mlflow}"])  # fmt: skip
+                                           f"tracking.log_models={with_mlflow}", *overrides])  # fmt: skip
     derived = ("optimizer.lr",) if OmegaConf.is_interpolation(cfg.optimizer, "lr") else ()  # as labsweep.train does
     launch = Launch(tmp / f"job-{time.time_ns()}", {"experiment": "lab1_mlp"}, derived=derived)
     originals = job.tracked_run, job.fail_run
@@ -420,6 +420,19 @@ def main() -> None:
           f"+{100 * (statistics.median(w / o for w, o in zip(with_ml, without)) - 1):.1f}%")  # fmt: skip
     print(f"    the seed loop's bare 250 epochs: {spread(seed_250, ' s')}  -> the whole run is "
           f"{statistics.median(s / w for s, w in zip(seed_250, with_ml)):.2f}x faster")  # fmt: skip
+    # The study's longest point by epochs (+experiment/lab1_points=batch_512): 1,000 epochs of 3 steps, 5 replicas,
+    # 20,000 metric rows (4 curves x 1,000 epochs x 5 runs) and five runs' params, inputs, files and models.
+    with tempfile.TemporaryDirectory() as tmp:
+        point = ("trainer.batch_size=512", "trainer.replicas=5")
+        long_epochs = 200 if args.quick else 1000
+        full_job(Path(tmp), args.data, 2, True, point)
+        long_with, long_without = [], []
+        for r in range(reps):
+            long_without.append(full_job(Path(tmp), args.data, long_epochs, False, point))
+            long_with.append(full_job(Path(tmp), args.data, long_epochs, True, point))
+    print(f"    {long_epochs}-epoch job, batch 512, 5 replicas, without MLflow: {spread(long_without, ' s')}")
+    print(f"    with MLflow:                     {spread(long_with, ' s')}  -> MLflow's share "
+          f"{100 * statistics.median(1 - o / w for w, o in zip(long_with, long_without)):.1f}%")  # fmt: skip
     if args.study:
         study_lines(reps)
 
