@@ -1,17 +1,19 @@
-"""What writing one trained run's files costs (labsweep.run_files.write_run_files), and each file's share.
+"""What writing one trained run's files costs, as a job writes them (labsweep.run_files.write_run_files while a
+second process draws its figure_tasks, labsweep.drawing) and all in one process, and each file's share.
 
     python scripts/bench_run_files.py                   # the Lab 1 MLP, 250 epochs on the CIFAR-10 slice
     python scripts/bench_run_files.py --epochs 1000     # a longer history (the learning curves' points)
 
-One replica is trained once; then its files are written --repeats times into fresh folders (the medians are
-printed), and each figure, text and checkpoint is timed on its own the same way. To compare two commits, run it
-from each checkout (PYTHONPATH=<checkout>/src) one after the other.
+One replica is trained once; then its files are written --repeats times into fresh folders, the two ways
+alternately (the medians are printed), and each figure, text and checkpoint is timed on its own the same way. To
+compare two commits, run it from each checkout (PYTHONPATH=<checkout>/src) one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -25,8 +27,9 @@ from labsweep.atomic import save_figure
 from labsweep.build import build_training, model_spec
 from labsweep.checkpoint import save_checkpoint
 from labsweep.datasets import load_cifar10
+from labsweep.drawing import IN_PROCESS_ENV, drawing
 from labsweep.loop import evaluate
-from labsweep.run_files import TrainedRun, summary_metrics, write_run_files
+from labsweep.run_files import TrainedRun, figure_tasks, summary_metrics, write_run_files
 from labsweep.schema import MLPConfig, SGDConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -65,9 +68,17 @@ def main() -> None:
         out = Path(tmp)
         folders = iter(range(10**6))
 
-        def whole() -> None:
-            run = trained()
-            write_run_files(out / f"run{next(folders)}", run, summary_metrics(run, 1.0), torch.device("cpu"))
+        def whole(in_process: bool) -> Callable[[], None]:
+            def write() -> None:
+                run, folder = trained(), out / f"run{next(folders)}"
+                os.environ[IN_PROCESS_ENV] = "1" if in_process else "0"
+                try:
+                    with drawing(figure_tasks(folder, run)) as figures:
+                        write_run_files(folder, run, summary_metrics(run, 1.0), torch.device("cpu"))
+                        figures.wait()
+                finally:
+                    del os.environ[IN_PROCESS_ENV]
+            return write
 
         parts = {
             "learning_curves.png": lambda: save_figure(reports.learning_curves_figure(result.history, result.best_epoch),
@@ -81,8 +92,13 @@ def main() -> None:
             "checkpoint (one of three)": lambda: save_checkpoint(out / "c.pt", training.single(0), spec, class_ids=data.class_ids,
                                                                 class_names=data.class_names, config={}, epoch=1, metrics={}),  # fmt: skip
         }
-        total = median_ms(whole, args.repeats)
-        print(f"write_run_files, Lab 1 MLP, {args.epochs} epochs: {total:.0f} ms a run (median of {args.repeats})")
+        two, one = [], []
+        for _ in range(3):  # alternately, so that both see the same machine
+            two.append(median_ms(whole(in_process=False), args.repeats))
+            one.append(median_ms(whole(in_process=True), args.repeats))
+        print(f"a run's files, Lab 1 MLP, {args.epochs} epochs: {statistics.median(two):.0f} ms a run as a job writes them "
+              f"(figures in a second process; {', '.join(f'{t:.0f}' for t in two)}), {statistics.median(one):.0f} ms "
+              f"all in this process ({', '.join(f'{t:.0f}' for t in one)}); medians of {args.repeats}, three rounds")  # fmt: skip
         for name, fn in parts.items():
             print(f"  {name:42s} {median_ms(fn, args.repeats):6.1f} ms")
 

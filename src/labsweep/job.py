@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,13 @@ from labsweep import image_predictions, reports, resume, validation
 from labsweep.atomic import DiskFullError, write_text
 from labsweep.build import build_data, build_device, build_schedule, build_training, model_spec
 from labsweep.datasets import DataError
+from labsweep.drawing import drawing
 from labsweep.logged_data import dataset_inputs
 from labsweep.loop import BANDS, DivergedError, evaluate
 from labsweep.mlflow_ui import where_to_look
 from labsweep.mlflow_model import log_pytorch_model
 from labsweep.models import notation
-from labsweep.run_files import TrainedRun, summary_metrics, write_diverged_files, write_run_files
+from labsweep.run_files import TrainedRun, figure_tasks, summary_metrics, write_diverged_files, write_run_files
 from labsweep.runs import JobSkipped, Launch, replica_name, replicas_to_train, run_name, run_tags
 from labsweep.schema import Config, ConfigError
 from labsweep.signals import Terminated
@@ -146,21 +148,25 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         final_val = evaluate(training.net, training.val, trainer.eval_batch_size) if training.val is not None else None
         test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
 
-        # Write each replica's files, summary metrics and artifacts.
+        # Write each replica's files, summary metrics, MLflow Model and artifacts; a second process draws the figures.
         summaries: dict[int, dict[str, float]] = {}
+        trained_runs: dict[int, tuple[Path, TrainedRun]] = {}
         for k, (replica, run, result) in enumerate(zip(replicas, runs, results, strict=True)):
             out = launch.output_dir if len(replicas) == 1 else launch.output_dir / f"seed_{replica.seed}"
             if result.diverged:  # its config and last finite weights; its run is ended FAILED below
                 write_diverged_files(out, training.single(k), spec, data, logged[k], result)
                 run.log_artifacts(out)
                 continue
-            trained = TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k], final_test[k],
-                                 schedule.epochs, test_set)  # fmt: skip
+            trained_runs[k] = out, TrainedRun(training.single(k), spec, data, logged[k], result, final_train[k],
+                                              final_test[k], schedule.epochs, test_set)  # fmt: skip
+        figures = stack.enter_context(drawing([task for out, trained in trained_runs.values()
+                                               for task in figure_tasks(out, trained)]))  # fmt: skip
+        for k, (out, trained) in trained_runs.items():
+            replica, run, result = replicas[k], runs[k], results[k]
             summary = summary_metrics(trained, seconds) | validation.summary_metrics(result, final_val[k] if final_val else None)
             summary |= write_run_files(out, trained, summary, device)
             run(summary, schedule.epochs)
             run.flush()
-            run.log_artifacts(out)
             if track.log_models:  # the best epoch's model (write_run_files left those weights in it)
                 meta = {"class_ids": list(data.class_ids), "class_names": list(data.class_names),
                         "notation": notation(spec), "epoch": result.best_epoch}  # fmt: skip
@@ -173,6 +179,9 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
                      summary["final_test_acc"], summary["final_train_acc"],
                      f", validation acc {summary['final_val_acc']:.4f}" if final_val else "",
                      "validation" if final_val else "test", result.best_epoch, summary["best_test_acc"])  # fmt: skip
+        figures.wait()
+        for k, (out, _) in trained_runs.items():
+            runs[k].log_artifacts(out)
         if all(r.diverged for r in results):
             raise results[0].diverged  # type: ignore[misc]  # every run ends FAILED with it
     for run, result in zip(runs, results, strict=True):

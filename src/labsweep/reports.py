@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, precision_recall_fscore_support
 from torch import nn
 
-from labsweep.atomic import save_figure, write_text
+from labsweep.atomic import write_text
 
 
 def target_names(class_ids: Sequence[int], class_names: Sequence[str]) -> list[str]:
@@ -127,11 +127,10 @@ def write_reports(
     names: Sequence[str],
     splits: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, float]:
-    """Classification report text and confusion matrix image per split; returns per-class metrics."""
+    """Classification report text per split; returns per-class metrics. (Each split's confusion matrix:
+    ``confusion_figure``, drawn with a run's other figures, ``labsweep.run_files.figure_tasks``.)"""
     metrics: dict[str, float] = {}
     for split, (y_true, y_pred) in splits.items():
         write_text(out_dir / f"classification_report_{split}.txt", classification_text(y_true, y_pred, names))
-        save_figure(confusion_figure(y_true, y_pred, names, f"{split} confusion matrix"),
-                    out_dir / f"confusion_matrix_{split}.png")  # fmt: skip
         metrics |= per_class_metrics(y_true, y_pred, names, split)
     return metrics

@@ -7,19 +7,22 @@ whole-model file, metrics.json, and the per-image test predictions the results t
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from labsweep import image_predictions, reports
-from labsweep.atomic import write_text
+from labsweep.atomic import save_figure, write_text
 from labsweep.checkpoint import save_checkpoint, save_whole_model
 from labsweep.datasets import ImageData
+from labsweep.drawing import FigureTask
 from labsweep.loop import Evaluation, FitResult
 from labsweep.models import Classifier, ModelSpec
 
@@ -76,22 +79,38 @@ def history_csv(history: list[dict[str, float]]) -> str:
     return text.getvalue()
 
 
+def _splits(run: TrainedRun) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split's labels and the final model's predictions."""
+    return {"train": (run.data.train_y, run.final_train.predictions.numpy()),
+            "test": (run.data.test_y, run.final_test.predictions.numpy())}  # fmt: skip
+
+
+def figure_tasks(out: Path, run: TrainedRun) -> list[FigureTask]:
+    """The run's figures that ``labsweep.drawing`` draws in a second process while ``write_run_files`` writes the
+    rest: the learning curves and a confusion matrix per split, from arrays and lists only. Lab 1's first-layer
+    weights are drawn by ``write_run_files``: with them, and the run's MLflow Model, the two processes' shares are
+    about even (for the Lab 1 MLP ≈ 100 ms of figures there, ≈ 110 ms here; ``scripts/bench_run_files.py``)."""
+    names = reports.target_names(run.data.class_ids, run.data.class_names)
+    history, best = run.result.history, run.result.best_epoch
+    tasks: list[FigureTask] = [(out / "learning_curves.png", functools.partial(reports.learning_curves_figure, history, best))]
+    for split, (y_true, y_pred) in _splits(run).items():
+        tasks.append((out / f"confusion_matrix_{split}.png",
+                      functools.partial(reports.confusion_figure, y_true, y_pred, names, f"{split} confusion matrix")))  # fmt: skip
+    return tasks
+
+
 def write_run_files(out: Path, run: TrainedRun, summary: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Write the run's files into ``out``; returns the per-class metrics of its reports."""
+    """Write the run's files into ``out``, except its ``figure_tasks``; returns the per-class metrics of its reports."""
     out.mkdir(parents=True, exist_ok=True)
     data, model = run.data, run.model
     names = reports.target_names(data.class_ids, data.class_names)
     write_text(out / "config.yaml", OmegaConf.to_yaml(run.config))
     write_text(out / "model_summary.txt", reports.model_summary(model, device))
-    per_class = reports.write_reports(out, names=names, splits={
-        "train": (data.train_y, run.final_train.predictions.numpy()),
-        "test": (data.test_y, run.final_test.predictions.numpy()),
-    })  # fmt: skip
+    per_class = reports.write_reports(out, names=names, splits=_splits(run))
     image_predictions.write(out, run.test_set, data.test_y, run.final_test.predictions.numpy())  # for the table
     write_text(out / "history.csv", history_csv(run.result.history))
-    reports.save_figure(reports.learning_curves_figure(run.result.history, run.result.best_epoch), out / "learning_curves.png")
     if run.spec.name == "mlp" and run.spec.model.hidden:
-        reports.save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")
+        save_figure(reports.first_layer_figure(model.net[0].weight), out / "first_layer_weights.png")
     meta = {"class_ids": data.class_ids, "class_names": data.class_names, "config": run.config}
     save_checkpoint(out / "checkpoint_last.pt", model, run.spec, epoch=run.epochs, metrics=summary | per_class, **meta)
     model.net.load_state_dict(run.result.best_state)
