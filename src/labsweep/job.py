@@ -148,7 +148,8 @@ def train_classifier(config: Config, launch: Launch, sweep: SweepContext | None)
         final_val = evaluate(training.net, training.val, trainer.eval_batch_size) if training.val is not None else None
         test_set = image_predictions.test_set_of(data.name, data.class_ids, data.test_x, data.test_y)
 
-        # Write each replica's files, summary metrics, MLflow Model and artifacts; a second process draws the figures.
+        # Write each replica's files, summary metrics, MLflow Model and artifacts. A second process draws the runs'
+        # figures meanwhile (labsweep.drawing); the artifacts are logged once it is done.
         summaries: dict[int, dict[str, float]] = {}
         trained_runs: dict[int, tuple[Path, TrainedRun]] = {}
         for k, (replica, run, result) in enumerate(zip(replicas, runs, results, strict=True)):
