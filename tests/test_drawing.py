@@ -70,6 +70,23 @@ def test_an_error_that_does_not_pickle_comes_back_in_words(tmp_path: Path) -> No
             figures.wait()
 
 
+class TwoArguments(Exception):
+    """Pickles (by its module's name), but does not unpickle: ``Exception`` pickles ``args``, one string here."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+
+
+def unreadable() -> None:
+    raise TwoArguments("learning_curves.png", "broken")
+
+
+def test_an_error_that_does_not_unpickle_is_reported_as_such(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the error could not be read back"):
+        with drawing.drawing([(tmp_path / "a.png", unreadable)]) as figures:
+            figures.wait()
+
+
 def test_a_killed_child_leaves_its_figures_to_the_job(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     job = os.getpid()
 

@@ -57,6 +57,8 @@ class Drawing:
             error = errors.recv()  # what the child sent, if anything: its end is closed now
         except EOFError:
             error = None
+        except Exception as exc:  # an error that pickled there but does not unpickle here
+            error = RuntimeError(f"drawing the figures failed, and the error could not be read back: {exc}")
         finally:
             errors.close()
         if error is not None:
