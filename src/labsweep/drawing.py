@@ -51,7 +51,18 @@ class Drawing:
         SIGKILL of its own) leaves its figures to this process, which draws them all again."""
         if self.child is None:
             return
+        error, exitcode = self.join()
+        if error is not None:
+            raise error
+        if exitcode != 0:
+            log.warning("the process drawing the figures ended with exit code %s; drawing them here", exitcode)
+            draw_all(self.tasks)
+
+    def join(self) -> tuple[BaseException | None, int | None]:
+        """Wait for the child and close the pipe from it: the error it sent, if any, and its exit code."""
         child, errors, self.child = self.child, self.errors, None
+        if child is None:
+            return None, 0
         try:
             child.join()
             error = errors.recv()  # what the child sent, if anything: its end is closed now
@@ -61,11 +72,7 @@ class Drawing:
             error = RuntimeError(f"drawing the figures failed, and the error could not be read back: {exc}")
         finally:
             errors.close()
-        if error is not None:
-            raise error
-        if child.exitcode != 0:
-            log.warning("the process drawing the figures ended with exit code %s; drawing them here", child.exitcode)
-            draw_all(self.tasks)
+        return error, child.exitcode
 
 
 def _child(tasks: Sequence[FigureTask], errors: Any) -> None:
@@ -113,9 +120,6 @@ def drawing(tasks: Sequence[FigureTask]) -> Iterator[Drawing]:
     try:
         yield started
     except BaseException:
-        if started.child is not None:
-            started.child.join()
-            started.errors.close()
-            started.child = None
+        started.join()  # the child's own error, if any, gives way to this one
         raise
     started.wait()
