@@ -362,14 +362,16 @@ def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Pa
     args = ["-m", *TINY, "trainer.epochs=100000", "seed=0,1", f"tracking.experiment={exp}", f"tracking.uri={uri}",
             f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     with running(start(args)) as proc:
-        wait_for(proc, "the first job to log epochs", lambda: any(
-            steps(r.info.run_id, client=client) for r in child_runs(exp, client) if r.data.tags.get("labsweep.role") != "sweep"))  # fmt: skip
+        # The heartbeat tag goes in the same log_batch as the epochs' metrics; MLflow's SQL store commits it
+        # just after them, so waiting for the tag (not only the metrics) means the kill comes after both.
+        (beating,) = wait_for(proc, "the first job to log epochs", lambda: [
+            r for r in child_runs(exp, client) if r.data.tags.get("labsweep.role") != "sweep" and tracking.HEARTBEAT in r.data.tags])  # fmt: skip
         proc.kill()
         proc.communicate(timeout=60)
     stuck = child_runs(exp, client)
     assert len(stuck) == 2 and {r.info.status for r in stuck} == {"RUNNING"}
     assert all(r.data.tags["labsweep.owner.pid"] == str(proc.pid) for r in stuck)
-    assert any("labsweep.heartbeat" in r.data.tags for r in stuck)  # sent with the metrics
+    assert steps(beating.info.run_id, client=client)  # the heartbeat was sent with the metrics
 
     # The next labsweep command that opens the experiment (here the table, as a command) closes them, and says so.
     table = subprocess.run([sys.executable, "-m", "labsweep.table", "--experiment", exp, "--tracking-uri", uri],
@@ -381,6 +383,7 @@ def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Pa
     for run in closed:
         assert f"abandoned: its process {proc.pid} on " in run.data.tags["failure"]
         assert "is gone (killed: SIGKILL, out of memory, or a crash)" in run.data.tags["failure"]
+    assert "; its last sign of life was at " in client.get_run(beating.info.run_id).data.tags["failure"]
 
     # A live process's runs are never touched: this test process's own run stays RUNNING.
     with tracked_run(uri, exp, "alive") as alive:

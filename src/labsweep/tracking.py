@@ -248,7 +248,7 @@ class RunLogger:
     def flush(self) -> None:
         while self._pending:  # a batch leaves the buffer only once it is stored
             batch = self._pending[:MAX_METRICS]
-            beat = [RunTag(HEARTBEAT, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()))]  # in the same request
+            beat = [RunTag(HEARTBEAT, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()))]  # same request; stored after the metrics
             retry_locked(self.client.log_batch, self.run_id, metrics=batch, tags=beat, synchronous=True)
             del self._pending[: len(batch)]
         self._last_flush = time.monotonic()
