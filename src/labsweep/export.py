@@ -43,7 +43,7 @@ from labsweep.onnx_export import (
     onnx_metadata,
 )
 from labsweep.paths import PROJECT_ROOT
-from labsweep.run_files import RENAMED, current_names
+from labsweep.runs import RENAMED, current_names
 from labsweep.schema import ConfigError, dataset_from_dict
 
 ARTIFACT_DIR, ARTIFACT_NAME = "onnx", "model.onnx"

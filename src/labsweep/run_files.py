@@ -42,21 +42,6 @@ class TrainedRun:
     test_set: image_predictions.TestSet  # the test images' identity (the job's, shared by its replicas)
 
 
-# MLflow's run page draws one chart section per metric prefix (what comes before the last "/"), in
-# alphabetical order, and the metrics with no prefix last, under "Model metrics". So the learning curves keep
-# their prefixes (train/, test/) and come first; the one-value summaries have none. Runs logged before the
-# rename carry the old names: ``current_names`` reads both.
-RENAMED = {"best/epoch": "best_epoch", "best/test/loss": "best_test_loss", "best/test/acc": "best_test_acc",
-           "best/train/acc": "best_train_acc", "final/train/loss": "final_train_loss", "final/train/acc": "final_train_acc",
-           "final/test/loss": "final_test_loss", "final/test/acc": "final_test_acc",
-           "time/train_seconds": "train_seconds", "time/epoch_ms": "epoch_ms"}  # fmt: skip
-
-
-def current_names(metrics: dict[str, float]) -> dict[str, float]:
-    """A run's metrics with the summary names of today (an older run's ``final/test/acc`` as ``final_test_acc``)."""
-    return {RENAMED.get(k, k): v for k, v in metrics.items()}
-
-
 def summary_metrics(run: TrainedRun, seconds: float) -> dict[str, float]:
     """The run's summary metrics: final and best-epoch (lowest test loss) values, and its time."""
     best = run.result.best_metrics

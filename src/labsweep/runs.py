@@ -1,4 +1,4 @@
-"""What a job's MLflow runs are called and tagged with, how a configuration is identified (its hash: the
+"""What a job's MLflow runs are called and tagged with (and what their summary metrics were called before), how a configuration is identified (its hash: the
 results table's row key, and with the seed the identity that skips finished jobs), and which seeds of a
 job still need training. Everything here works on plain data: the typed config as a dict."""
 
@@ -24,6 +24,20 @@ log = logging.getLogger("labsweep")
 NOT_PART_OF_RESULT = ("tracking", "trainer.progress", "trainer.device", "trainer.eval_batch_size", "trainer.threads",
                       "trainer.replicas", "trainer.resume", "trainer.checkpoint_every_s", "dataset.root",
                       "dataset.download", "dataset.verify", "dataset.url")  # fmt: skip
+
+# A run's summary metrics, renamed: MLflow's run page draws one chart section per metric prefix (what comes
+# before the last "/"), in alphabetical order, and the metrics with no prefix last, under "Model metrics". So the
+# learning curves keep their prefixes (train/, test/) and come first; the one-value summaries have none. Runs
+# logged before the rename carry the old names: ``current_names`` reads both.
+RENAMED = {"best/epoch": "best_epoch", "best/test/loss": "best_test_loss", "best/test/acc": "best_test_acc",
+           "best/train/acc": "best_train_acc", "final/train/loss": "final_train_loss", "final/train/acc": "final_train_acc",
+           "final/test/loss": "final_test_loss", "final/test/acc": "final_test_acc",
+           "time/train_seconds": "train_seconds", "time/epoch_ms": "epoch_ms"}  # fmt: skip
+
+
+def current_names(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's metrics with the summary names of today (an older run's ``final/test/acc`` as ``final_test_acc``)."""
+    return {RENAMED.get(k, k): v for k, v in metrics.items()}
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ import numpy as np
 from labsweep import image_predictions
 from labsweep.atomic import save_figure, write_text
 from labsweep.compare import Comparison, independent_comparison, paired_comparison
-from labsweep.run_files import current_names
-from labsweep.runs import NOT_PART_OF_RESULT
+from labsweep.runs import NOT_PART_OF_RESULT, current_names
 
 # Params that never make two rows differ in a way worth a comment: what does not change a result, the
 # seed, and the values other params already say (the lr sweep's inputs, derived counts, the budget).
