@@ -35,8 +35,8 @@ from labsweep.build import Training  # noqa: E402
 
 IMPORTED = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("check_tracking", "close_abandoned_runs", "build_data", "build_training", "fit", "evaluate", "write_run_files",
-          "log_pytorch_model")  # fmt: skip
+PHASES = ("check_tracking", "close_abandoned_runs", "build_data", "build_training", "fit", "evaluate",
+          "write_run_files", "log_pytorch_model")
 calls: dict[str, list[float]] = collections.defaultdict(list)
 batches: list[tuple[int, float]] = []
 
@@ -75,8 +75,8 @@ def main() -> None:
         common = ["-cd", str(ROOT / "tests" / "conf"), "experiment=lab1_mlp", "dataset=cifar10_slice",
                   "trainer.progress=false", f"tracking.uri=sqlite:///{tmp}/m.db", "hydra/job_logging=disabled",
                   "hydra/hydra_logging=disabled"]  # fmt: skip
-        subprocess.run([sys.executable, "-m", "labsweep.train", *common, "trainer.epochs=2", f"hydra.run.dir={tmp}/setup"],
-                       check=True, capture_output=True)  # fmt: skip
+        setup = [*common, "trainer.epochs=2", f"hydra.run.dir={tmp}/setup"]
+        subprocess.run([sys.executable, "-m", "labsweep.train", *setup], check=True, capture_output=True)
         start = time.perf_counter()
         run(*common, *overrides, f"hydra.run.dir={tmp}/job")
         wall = time.perf_counter() - start
@@ -89,7 +89,9 @@ def main() -> None:
         if not times:
             continue
         accounted += sum(times)
-        later = f"; the {len(times) - 1} later ones {1000 * statistics.median(times[1:]):.0f} ms each (median)" if len(times) > 1 else ""
+        later = ""
+        if len(times) > 1:
+            later = f"; the {len(times) - 1} later ones {1000 * statistics.median(times[1:]):.0f} ms each (median)"
         print(f"    {name:22s} {sum(times):7.2f} s  {len(times)} call(s): the first {1000 * times[0]:.0f} ms{later}")
     metric_calls = [(n, s) for n, s in batches if n]
     rows = sum(n for n, _ in metric_calls)
@@ -99,7 +101,8 @@ def main() -> None:
               f"{1e6 * seconds / rows:.0f} us a row, {rows / len(metric_calls):.0f} rows a call")  # fmt: skip
         small = [s for n, s in metric_calls if n <= 10]
         if small:
-            print(f"      calls of 10 rows or fewer: {1000 * statistics.median(small):.1f} ms each (median of {len(small)})")
+            median = 1000 * statistics.median(small)
+            print(f"      calls of 10 rows or fewer: {median:.1f} ms each (median of {len(small)})")
     print(f"    everything else                {wall - accounted:7.2f} s  (Hydra, the runs' creation, params and "
           f"artifacts, the figures' wait, the summary metrics' log_batch)")  # fmt: skip
     print("  (the loop's time includes the per-epoch metric log_batch calls it makes)")

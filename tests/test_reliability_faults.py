@@ -365,7 +365,8 @@ def test_runs_a_sigkill_left_running_are_closed_by_the_next_command(tmp_path: Pa
         # The heartbeat tag goes in the same log_batch as the epochs' metrics; MLflow's SQL store commits it
         # just after them, so waiting for the tag (not only the metrics) means the kill comes after both.
         (beating,) = wait_for(proc, "the first job to log epochs", lambda: [
-            r for r in child_runs(exp, client) if r.data.tags.get("labsweep.role") != "sweep" and tracking.HEARTBEAT in r.data.tags])  # fmt: skip
+            r for r in child_runs(exp, client)
+            if r.data.tags.get("labsweep.role") != "sweep" and tracking.HEARTBEAT in r.data.tags])  # fmt: skip
         proc.kill()
         proc.communicate(timeout=60)
     stuck = child_runs(exp, client)

@@ -4,6 +4,8 @@ a study whose baseline failed says so. The store is filled by hand with known pr
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +126,6 @@ def test_a_study_whose_baseline_failed_says_so(store, tmp_path: Path) -> None:  
 def test_the_table_command_does_not_import_torch_or_scikit_learn() -> None:
     # Reading runs back from MLflow needs neither; importing them cost the command 3.5 s of its 5 s of imports on a
     # slow machine (python -X importtime -c "import labsweep.table").
-    import subprocess
-    import sys
-
     check = "import sys, labsweep.table; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

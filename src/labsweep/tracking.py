@@ -248,7 +248,8 @@ class RunLogger:
     def flush(self) -> None:
         while self._pending:  # a batch leaves the buffer only once it is stored
             batch = self._pending[:MAX_METRICS]
-            beat = [RunTag(HEARTBEAT, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()))]  # same request; stored after the metrics
+            # In the same request; MLflow's SQL store commits it just after the metrics.
+            beat = [RunTag(HEARTBEAT, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()))]
             retry_locked(self.client.log_batch, self.run_id, metrics=batch, tags=beat, synchronous=True)
             del self._pending[: len(batch)]
         self._last_flush = time.monotonic()
