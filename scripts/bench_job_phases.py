@@ -9,7 +9,7 @@ the store up in a process of its own (the schema is a one-time cost; this proces
 other first-time costs, as every command does). Extra arguments are overrides. It prints the time to import the
 job's modules, each of the job's phases (labsweep.job's calls, wrapped), MLflow's ``log_batch`` calls (rows a
 call, milliseconds a call) and the rest. Each phase's first call includes the imports it triggers (the first
-optimizer imports torch._dynamo, the first MLflow Model mlflow.pytorch), so the first and the later calls are
+MLflow Model imports mlflow.pytorch and maps every installed package's files), so the first and the later calls are
 printed apart.
 """
 

@@ -79,6 +79,14 @@ def test_a_state_dict_loaded_into_a_fresh_optimizer_continues_the_same_steps(nam
     assert restored.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
 
 
+def test_zero_grad_clears_every_gradient() -> None:
+    params = lab1_params()
+    optimizer = build_optimizer(CONFIGS["adam"], params)
+    set_gradients(params, 0)
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
 def test_a_state_dict_for_other_parameters_is_refused() -> None:
     optimizer = build_optimizer(CONFIGS["sgd_momentum"], lab1_params())
     other = build_optimizer(CONFIGS["sgd_momentum"], lab1_params()[:2])

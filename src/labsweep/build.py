@@ -17,7 +17,7 @@ import torch
 from labsweep.datasets import ImageData, VariantRule, load_cifar10, load_cifar100, resolve_classes
 from labsweep.loop import FitResult, Split, fit
 from labsweep.models import Classifier, ModelSpec, build_model
-from labsweep.optimizers import build_optimizer
+from labsweep.optimizers import FusedOptimizer, build_optimizer
 from labsweep.replicas import Replicas, replicate
 from labsweep.schema import (
     Cifar10Config,
@@ -161,7 +161,7 @@ class Training:
     seeds: list[int]
     models: list[Classifier]  # one per seed as built (their Normalize is the splits'); use ``single`` for trained ones
     net: Replicas
-    optimizer: torch.optim.Optimizer
+    optimizer: FusedOptimizer
     train: Split
     test: Split
     generators: list[torch.Generator]

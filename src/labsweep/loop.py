@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from tqdm.auto import tqdm
 from labsweep.callbacks import LogMetrics
 from labsweep.replicas import Replicas
 from labsweep.signals import raise_if_stopped
+
+if TYPE_CHECKING:
+    from labsweep.optimizers import FusedOptimizer
 
 
 # The 25/75th percentiles over an epoch's batches (Lab 2's bands around the train curves): in every epoch's metrics.
@@ -71,7 +75,7 @@ def batch_buffer(train: Split, rows: int) -> torch.Tensor:
 
 
 def train_epoch(
-    net: Replicas, optimizer: torch.optim.Optimizer, train: Split, batch_size: int, generators: Sequence[torch.Generator],
+    net: Replicas, optimizer: FusedOptimizer, train: Split, batch_size: int, generators: Sequence[torch.Generator],
     buffer: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """One pass over shuffled mini-batches, each replica in its own order. Returns per replica the mean
@@ -122,7 +126,7 @@ def evaluate(net: Replicas, split: Split, batch_size: int = 2048) -> list[Evalua
 
 def fit(
     net: Replicas,
-    optimizer: torch.optim.Optimizer,
+    optimizer: FusedOptimizer,
     train: Split,
     test: Split,
     *,

@@ -43,6 +43,11 @@ class FusedOptimizer:
     def step(self) -> None:
         raise NotImplementedError
 
+    def zero_grad(self) -> None:
+        """Every parameter's gradient set to None (``torch.optim``'s default, ``set_to_none=True``)."""
+        for p in self._params():
+            p.grad = None
+
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
