@@ -130,7 +130,7 @@ class Adam(FusedOptimizer):
 
 
 # The one place an optimizer name is dispatched.
-OPTIMIZERS: dict[str, Callable[[Any, Params], FusedOptimizer]] = {
+OPTIMIZERS: dict[str, Callable[[OptimizerConfig, Params], FusedOptimizer]] = {
     "sgd": lambda c, p: SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
     "adam": lambda c, p: Adam(p, lr=c.lr, weight_decay=c.weight_decay),
 }

@@ -1,6 +1,7 @@
 """What a job's MLflow runs are called and tagged with (and what their summary metrics were called before), how a
 configuration is identified (its hash: the results table's row key, and with the seed the identity that skips
-finished jobs), and which seeds of a job still need training. Everything here works on plain data: the typed config as a dict."""
+finished jobs), and which seeds of a job still need training. Everything here works on plain data: the typed
+config as a dict."""
 
 from __future__ import annotations
 
