@@ -10,11 +10,13 @@
 (e) a full 250-epoch MLP job end to end (train(): data, training, reports, checkpoints) with and
     without MLflow (the tracked run swapped for a no-op logger), and that whole run against the seed loop's
     bare training (250 epochs), as is the job's MLflow run from its start to its end (files and MLflow Model
-    included, the data and model built before it); and MLflow's share of a 1,000-epoch job (the study's batch-512 point: 5 replicas);
+    included, the data and model built before it); and MLflow's share of a 1,000-epoch job (the study's batch-512 point: 5 replicas),
+    from the jobs with and without MLflow and, directly, as the time inside MLflow's calls (scripts/mlflow_time.py);
 (f) with --study: whole commands. The Lab 1 study (labsweep-train -cd tests/conf experiment=lab1
     dataset=cifar10_slice, 10 configurations x 5 seeds) against its floor: its FLOP count (every step's forward,
     weight- and input-gradient products, and every epoch's test pass) at the torch.mm rate measured in the
-    same run; and trainer.replicas=8 against an 8-seed multirun of the Lab 1 MLP.
+    same run; and trainer.replicas=8 against an 8-seed multirun of the Lab 1 MLP, with its floor: the ratio if
+    the replicas job's training loop were nothing but its large kernels at its shapes.
 Every line prints the median over repeats with min-max; ratios are medians of per-repeat ratios.
 """
 
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run_files import median_ms  # noqa: E402
+from mlflow_time import KINDS, inside_mlflow  # noqa: E402
 from seed_loop import run_seed_loop  # noqa: E402
 
 from labsweep.build import Training, build_training  # noqa: E402
@@ -262,21 +265,23 @@ class StudyJob:
 
 
 def study_jobs(sweep_dir: Path) -> list[StudyJob]:
+    return [study_job(job) for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file())]
+
+
+def study_job(job: Path) -> StudyJob:
+    """One finished job's shapes and loop time, from its output folder."""
     import json
 
     import yaml
 
-    jobs = []
-    for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "config.yaml").is_file()):
-        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        runs = sorted(job.glob("seed_*")) or [job]
-        logged = yaml.safe_load((runs[0] / "config.yaml").read_text())
-        dataset, classes = cfg["dataset"], len(cfg["dataset"]["classes"])
-        jobs.append(StudyJob([3072, *cfg["model"]["hidden"], classes], len(runs), logged["trainer"]["batch_size"],
-                             logged["trainer"]["epochs"], classes * dataset["max_train_per_class"],
-                             classes * dataset["max_test_per_class"],
-                             json.loads((runs[0] / "metrics.json").read_text())["train_seconds"]))  # fmt: skip
-    return jobs
+    cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    runs = sorted(job.glob("seed_*")) or [job]
+    logged = yaml.safe_load((runs[0] / "config.yaml").read_text())
+    dataset, classes = cfg["dataset"], len(cfg["dataset"]["classes"])
+    return StudyJob([3072, *cfg["model"]["hidden"], classes], len(runs), logged["trainer"]["batch_size"],
+                    logged["trainer"]["epochs"], classes * dataset["max_train_per_class"],
+                    classes * dataset["max_test_per_class"],
+                    json.loads((runs[0] / "metrics.json").read_text())["train_seconds"])  # fmt: skip
 
 
 def study_flops(jobs: list[StudyJob]) -> float:
@@ -342,7 +347,7 @@ def study_lines(reps: int) -> None:
     print(f"    its training loops {loops:.1f} s; their large kernels alone at the jobs' shapes (batch gathers, "
           f"products) {kernels:.1f} s = {flops / kernels / 1e9:.0f} GFLOP/s -> the loops {loops / kernels:.2f}x, "
           f"the study {wall / kernels:.2f}x that")  # fmt: skip
-    eight, seeds = [], []
+    eight, seeds, eight_loops, eight_kernels = [], [], [], []
     for r in range(reps):
         with tempfile.TemporaryDirectory() as tmp:
             common = ["-cd", str(ROOT / "tests" / "conf"), "experiment=lab1_mlp", "dataset=cifar10_slice",
@@ -352,9 +357,17 @@ def study_lines(reps: int) -> None:
                                           f"hydra.sweep.dir={tmp}/m"], Path(tmp)))  # fmt: skip
             eight.append(command_seconds([*common, f"seed={8 * r}", "trainer.replicas=8", f"hydra.run.dir={tmp}/r",
                                           "tracking.experiment=replicas"], Path(tmp)))  # fmt: skip
+            job = study_job(Path(tmp) / "r")
+            eight_loops.append(job.loop_seconds)
+            eight_kernels.append(kernel_seconds(job, data))
     print(f"    8-seed multirun (8 jobs):  {spread(seeds, ' s')}")
     print(f"    trainer.replicas=8 (1 job): {spread(eight, ' s')}  -> "
           f"{statistics.median(s / e for s, e in zip(seeds, eight)):.2f}x faster")  # fmt: skip
+    # Its floor: the same command with a loop that did nothing but its large kernels (the multirun as it is).
+    best = [s / (e - loop + k) for s, e, loop, k in zip(seeds, eight, eight_loops, eight_kernels)]
+    print(f"    its training loop {statistics.median(eight_loops):.2f} s, its large kernels alone "
+          f"{statistics.median(eight_kernels):.2f} s: with a loop of nothing else, trainer.replicas=8 would be "
+          f"{statistics.median(best):.2f}x faster")  # fmt: skip
 
 
 def repeat(fn: Callable[[], float], n: int) -> list[float]:
@@ -442,13 +455,20 @@ def main() -> None:
         point = ("trainer.batch_size=512", "trainer.replicas=5")
         long_epochs = 200 if args.quick else 1000
         full_job(Path(tmp), args.data, 2, True, point)
-        long_with, long_without = [], []
+        long_with, long_without, inside = [], [], []
         for r in range(reps):
             long_without.append(full_job(Path(tmp), args.data, long_epochs, False, point))
-            long_with.append(full_job(Path(tmp), args.data, long_epochs, True, point))
+            with inside_mlflow() as spent:
+                long_with.append(full_job(Path(tmp), args.data, long_epochs, True, point))
+            inside.append(spent)
     print(f"    {long_epochs}-epoch job, batch 512, 5 replicas, without MLflow: {spread(long_without, ' s')}")
     print(f"    with MLflow:                     {spread(long_with, ' s')}  -> MLflow's share "
           f"{100 * statistics.median(1 - o / w for w, o in zip(long_with, long_without)):.1f}%")  # fmt: skip
+    # The same share measured directly (scripts/mlflow_time.py): the time inside MLflow's calls, in the same jobs.
+    totals = [sum(s.values()) for s in inside]
+    parts = ", ".join(f"{kind} {statistics.median(s[kind] for s in inside):.2f} s" for kind in KINDS)
+    print(f"    inside MLflow's calls:           {spread(totals, ' s')} ({parts})  -> MLflow's share "
+          f"{100 * statistics.median(t / w for t, w in zip(totals, long_with)):.1f}%")  # fmt: skip
     if args.study:
         study_lines(reps)
 
