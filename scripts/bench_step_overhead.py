@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from labsweep.loop import batch_buffer, evaluate, train_epoch
 from labsweep.models import ModelSpec
 from labsweep.schema import MLPConfig, SGDConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import SHARED  # noqa: E402  (../shared/data beside the project)
 
 
 def torch_optim_sgd(t: Training) -> None:
